@@ -1,0 +1,15 @@
+//! stompline: a realtime chat server speaking STOMP over WebSocket and TCP.
+//!
+//! The crate is organised one folder per concern; see `docs/ARCHITECTURE.md`.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod stomp;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

@@ -1,0 +1,1 @@
+//! stomp (being built)
