@@ -1,0 +1,194 @@
+//! The encoder, including the shared-part MESSAGE encoding used for fan-out.
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::escape::{escape_into, needs_escape, Escaping};
+use crate::{header, Command, Frame, Version};
+
+/// A heart-beat: one EOL.
+pub const HEARTBEAT: &[u8] = b"\n";
+
+/// Writes `frame` to `dst` for a peer speaking `version`. Headers are escaped
+/// as the version requires (never on CONNECT/CONNECTED). A `content-length`
+/// header is always written for a non-empty body and for SEND, MESSAGE and
+/// ERROR; one present in `frame.headers` is replaced by the real length.
+pub fn encode_frame(frame: &Frame, version: Version, dst: &mut BytesMut) {
+    let escaping = Escaping::for_frame(frame.command, version);
+    dst.reserve(frame.command.as_str().len() + 64 + frame.body.len());
+    dst.put_slice(frame.command.as_str().as_bytes());
+    dst.put_u8(b'\n');
+    for (name, value) in frame.headers.iter() {
+        if name == header::CONTENT_LENGTH {
+            continue;
+        }
+        put_header(dst, name, value, escaping);
+    }
+    if !frame.body.is_empty() || frame.command.allows_body() {
+        put_content_length(dst, frame.body.len());
+    }
+    dst.put_u8(b'\n');
+    dst.put_slice(&frame.body);
+    dst.put_u8(0);
+}
+
+fn put_header(dst: &mut BytesMut, name: &str, value: &str, escaping: Escaping) {
+    let mut w = BufWriter(dst);
+    escape_into(name, escaping, &mut w);
+    w.0.put_u8(b':');
+    escape_into(value, escaping, &mut w);
+    w.0.put_u8(b'\n');
+}
+
+fn put_content_length(dst: &mut BytesMut, len: usize) {
+    dst.put_slice(b"content-length:");
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[i..]);
+    dst.put_u8(b'\n');
+}
+
+/// `Extend<u8>` over a `BytesMut`, so escaping writes straight into it.
+struct BufWriter<'a>(&'a mut BytesMut);
+
+impl Extend<u8> for BufWriter<'_> {
+    fn extend<T: IntoIterator<Item = u8>>(&mut self, iter: T) {
+        for b in iter {
+            self.0.put_u8(b);
+        }
+    }
+}
+
+/// The part of a MESSAGE that is the same for every subscriber: destination,
+/// content-type, user headers, content-length, the blank line, the body and
+/// the NUL. Encoded once per escape set and shared (`Bytes` clones are
+/// reference counts), then joined with each subscriber's
+/// [`MessageHead`] when written.
+#[derive(Debug)]
+pub struct SharedMessage {
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    /// True when some header needs escaping, so versions differ.
+    version_sensitive: bool,
+    encoded: [OnceLock<Bytes>; 3],
+}
+
+impl SharedMessage {
+    /// `headers` must not hold the per-subscriber headers (`subscription`,
+    /// `message-id`, `ack`) nor `content-length`; they are skipped if present.
+    pub fn new<'a>(
+        destination: &str,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        body: Bytes,
+    ) -> Self {
+        let mut all = vec![(header::DESTINATION.to_owned(), destination.to_owned())];
+        for (n, v) in headers {
+            if matches!(
+                n,
+                header::SUBSCRIPTION
+                    | header::MESSAGE_ID
+                    | header::ACK
+                    | header::CONTENT_LENGTH
+                    | header::DESTINATION
+            ) {
+                continue;
+            }
+            all.push((n.to_owned(), v.to_owned()));
+        }
+        let version_sensitive = all
+            .iter()
+            .any(|(n, v)| needs_escape(n, Escaping::V1_2) || needs_escape(v, Escaping::V1_2));
+        SharedMessage {
+            headers: all,
+            body,
+            version_sensitive,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The destination.
+    pub fn destination(&self) -> &str {
+        &self.headers[0].1
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The shared headers (destination first).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The encoded shared part for a subscriber speaking `version`. Computed
+    /// once per distinct escape set; most messages need no escaping and share
+    /// one encoding across all versions.
+    pub fn encoded(&self, version: Version) -> &Bytes {
+        let slot = if self.version_sensitive {
+            version as usize
+        } else {
+            2
+        };
+        self.encoded[slot].get_or_init(|| {
+            let escaping = Escaping::for_frame(Command::Message, version);
+            let mut dst = BytesMut::with_capacity(self.body.len() + 128);
+            for (n, v) in &self.headers {
+                put_header(&mut dst, n, v, escaping);
+            }
+            put_content_length(&mut dst, self.body.len());
+            dst.put_u8(b'\n');
+            dst.put_slice(&self.body);
+            dst.put_u8(0);
+            dst.freeze()
+        })
+    }
+}
+
+/// The per-subscriber start of a MESSAGE frame: the command line plus
+/// `subscription`, `message-id`, optional `ack` and any extra headers
+/// (e.g. `redelivered`). Small; built per delivery.
+pub fn encode_message_head(
+    dst: &mut BytesMut,
+    version: Version,
+    subscription: &str,
+    message_id: &str,
+    ack: Option<&str>,
+    extra: &[(&str, &str)],
+) {
+    let escaping = Escaping::for_frame(Command::Message, version);
+    dst.reserve(64 + subscription.len() + message_id.len());
+    dst.put_slice(b"MESSAGE\n");
+    put_header(dst, header::SUBSCRIPTION, subscription, escaping);
+    put_header(dst, header::MESSAGE_ID, message_id, escaping);
+    if let Some(ack) = ack {
+        put_header(dst, header::ACK, ack, escaping);
+    }
+    for (n, v) in extra {
+        put_header(dst, n, v, escaping);
+    }
+}
+
+/// Writes a complete MESSAGE: the subscriber's head then the shared part.
+pub fn encode_message(
+    dst: &mut BytesMut,
+    version: Version,
+    shared: &SharedMessage,
+    subscription: &str,
+    message_id: &str,
+    ack: Option<&str>,
+    extra: &[(&str, &str)],
+) {
+    encode_message_head(dst, version, subscription, message_id, ack, extra);
+    dst.put_slice(shared.encoded(version));
+}
