@@ -1,1 +1,549 @@
-//! config (being built)
+//! Server configuration: one typed [`Config`], loaded from an embedded default,
+//! an optional TOML file, `STOMPLINE_*` environment variables and command-line
+//! flags (in rising precedence), then validated up front so that every bad
+//! field is reported before anything starts.
+//!
+//! `docs/CONFIG.md` documents every key; `docs/config.example.toml` is the
+//! commented example printed by `stompline config --example`.
+
+mod acl;
+mod load;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use acl::{Acl, AclOp, AclPolicy, AclRule};
+pub use load::{ignored_env_vars, Overrides, ENV_PREFIX};
+
+/// The commented example configuration, every key at its default value.
+pub const EXAMPLE_TOML: &str = include_str!("../docs/config.example.toml");
+
+/// File name of the SQLite database inside `data_dir`.
+pub const SQLITE_FILE_NAME: &str = "stompline.db";
+
+/// File name of the generated JWT signing secret inside `data_dir`.
+pub const JWT_SECRET_FILE_NAME: &str = "jwt.secret";
+
+/// The whole server configuration.
+///
+/// Every field has a default (see [`Config::default`]); unknown keys are
+/// rejected. Build one with [`Config::load`]; a hand-built value should be
+/// checked with [`Config::validate`] before use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP + WebSocket listen address (`ip:port`; port 0 = ephemeral).
+    pub http_addr: String,
+    /// STOMP-over-TCP listen address; empty disables the TCP listener.
+    pub stomp_addr: String,
+    /// Directory for the SQLite database, the generated JWT secret and the
+    /// development mailbox.
+    pub data_dir: PathBuf,
+    /// Empty = SQLite at `<data_dir>/stompline.db`; `postgres://…` (or
+    /// `postgresql://…`) selects PostgreSQL; `sqlite://PATH` names another
+    /// SQLite file.
+    pub database_url: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    pub drain_timeout_ms: u64,
+    /// Database pool settings.
+    pub database: DatabaseConfig,
+    /// Passwords and tokens.
+    pub auth: AuthConfig,
+    /// STOMP session limits and timers.
+    pub stomp: StompConfig,
+    /// Who may SUBSCRIBE and SEND to generic destinations.
+    pub acl: Acl,
+    /// Chat messages.
+    pub chat: ChatConfig,
+    /// Presence and typing indicators.
+    pub presence: PresenceConfig,
+    /// Outgoing mail (one-time codes).
+    pub mail: MailConfig,
+}
+
+/// Log output format (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event; coloured when stderr is a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Maximum number of pooled PostgreSQL connections.
+    pub pool_size: u32,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret for access tokens (at least 32 bytes); empty = generated
+    /// once into `<data_dir>/jwt.secret`. Every instance of a cluster must
+    /// share the same secret.
+    pub jwt_secret: String,
+    /// Lifetime of an access token, seconds.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token, seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// argon2id memory cost, KiB.
+    pub argon2_memory_kib: u32,
+    /// argon2id time cost (passes).
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+}
+
+/// `[stomp]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StompConfig {
+    /// Smallest interval at which the server can send heart-beats (the first
+    /// number of CONNECTED's `heart-beat`); 0 = the server sends none.
+    pub heartbeat_send_ms: u64,
+    /// Interval at which the server wants to receive heart-beats (the second
+    /// number of CONNECTED's `heart-beat`); 0 = the server wants none.
+    pub heartbeat_recv_ms: u64,
+    /// Tolerance added to the negotiated read interval before a silent
+    /// connection is closed; 0 = automatic, `max(interval / 2, 1000 ms)`.
+    pub heartbeat_grace_ms: u64,
+    /// Time a new connection has to complete CONNECT.
+    pub login_timeout_ms: u64,
+    /// Largest frame accepted before CONNECT succeeded.
+    pub max_frame_bytes_before_connect: usize,
+    /// Largest frame accepted once connected.
+    pub max_frame_bytes: usize,
+    /// Most headers in one frame.
+    pub max_headers: usize,
+    /// Longest header line (name, colon and value).
+    pub max_header_line_bytes: usize,
+    /// Most subscriptions on one connection.
+    pub max_subscriptions: usize,
+    /// Most concurrent STOMP connections on this instance (both transports).
+    pub max_connections: usize,
+    /// Most concurrent STOMP connections of one user on this instance.
+    pub max_connections_per_user: usize,
+    /// Sustained inbound frames per second per connection; 0 = unlimited.
+    pub inbound_frames_per_sec: u32,
+    /// Inbound frames a connection may send in a burst above the rate.
+    pub inbound_burst: u32,
+    /// Bytes queued for one connection before it counts as a slow consumer
+    /// and is disconnected.
+    pub outbound_queue_bytes: usize,
+    /// Messages held per `/queue/…` destination while nobody subscribes;
+    /// 0 = hold none (drop).
+    pub queue_hold_max: usize,
+    /// Accept WebSocket messages whose frame lacks the trailing NUL.
+    pub ws_lenient_missing_nul: bool,
+    /// Initial read buffer per connection (idle connections cost about this).
+    pub read_buffer_bytes: usize,
+}
+
+/// `[chat]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Largest chat message body, bytes.
+    pub message_max_bytes: usize,
+    /// Sustained chat messages per second per user; 0 = unlimited.
+    pub rate_per_sec: u32,
+    /// Chat messages a user may send in a burst above the rate.
+    pub rate_burst: u32,
+    /// Messages older than this many days are deleted; 0 = keep forever.
+    pub retention_days: u32,
+}
+
+/// `[presence]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// How long a user stays `online` after their last connection closed.
+    pub offline_grace_ms: u64,
+    /// How long a typing indicator lasts without a refresh.
+    pub typing_expiry_ms: u64,
+}
+
+/// `[mail]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    /// `smtp://host:port` (plain), `smtp://host:587?tls=required` (STARTTLS)
+    /// or `smtps://host:465`; empty = development mailbox in
+    /// `<data_dir>/mailbox/` plus a log line.
+    pub smtp_url: String,
+    /// Sender address of outgoing mail.
+    pub from: String,
+}
+
+/// Which storage backend `database_url` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// Embedded SQLite at this path.
+    Sqlite(PathBuf),
+    /// PostgreSQL at this connection URL.
+    Postgres(String),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: "127.0.0.1:8080".into(),
+            stomp_addr: "127.0.0.1:61613".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: String::new(),
+            log_format: LogFormat::Human,
+            drain_timeout_ms: 10_000,
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            stomp: StompConfig::default(),
+            acl: Acl::default(),
+            chat: ChatConfig::default(),
+            presence: PresenceConfig::default(),
+            mail: MailConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { pool_size: 16 }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: String::new(),
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 2_592_000,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
+impl Default for StompConfig {
+    fn default() -> Self {
+        StompConfig {
+            heartbeat_send_ms: 10_000,
+            heartbeat_recv_ms: 10_000,
+            heartbeat_grace_ms: 0,
+            login_timeout_ms: 10_000,
+            max_frame_bytes_before_connect: 64 * 1024,
+            max_frame_bytes: 4 * 1024 * 1024,
+            max_headers: 64,
+            max_header_line_bytes: 8192,
+            max_subscriptions: 256,
+            max_connections: 100_000,
+            max_connections_per_user: 64,
+            inbound_frames_per_sec: 1000,
+            inbound_burst: 2000,
+            outbound_queue_bytes: 8 * 1024 * 1024,
+            queue_hold_max: 10_000,
+            ws_lenient_missing_nul: false,
+            read_buffer_bytes: 4096,
+        }
+    }
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            message_max_bytes: 16 * 1024,
+            rate_per_sec: 100,
+            rate_burst: 1000,
+            retention_days: 7,
+        }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            offline_grace_ms: 20_000,
+            typing_expiry_ms: 5000,
+        }
+    }
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            smtp_url: String::new(),
+            from: "stompline@localhost".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: embedded defaults, then `file` (when given; it
+    /// must exist), then `STOMPLINE_*` environment variables, then `overrides`
+    /// (command-line flags), and validates the result.
+    ///
+    /// # Errors
+    ///
+    /// Every problem found — unreadable file, TOML syntax, unknown key, wrong
+    /// type, invalid value — each with its key path.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        load::load(file, overrides, std::env::vars_os())
+    }
+
+    /// Like [`Config::load`], but reads environment variables from `env`
+    /// instead of the process environment (for tests and embedding).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn load_with_env<I, K, V>(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: I,
+    ) -> Result<Config, ConfigErrors>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<std::ffi::OsString>,
+        V: Into<std::ffi::OsString>,
+    {
+        load::load(
+            file,
+            overrides,
+            env.into_iter().map(|(k, v)| (k.into(), v.into())),
+        )
+    }
+
+    /// Checks every value and reports all problems at once.
+    ///
+    /// # Errors
+    ///
+    /// One [`ConfigError`] per bad key.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let errors = validate::validate(self);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The effective configuration as TOML (what `stompline config` prints).
+    ///
+    /// # Errors
+    ///
+    /// Only if a value cannot be represented in TOML (an integer above
+    /// `i64::MAX`).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// The HTTP + WebSocket listen address.
+    ///
+    /// # Panics
+    ///
+    /// If `http_addr` does not parse; [`Config::load`] and
+    /// [`Config::validate`] rule that out.
+    pub fn http_socket_addr(&self) -> SocketAddr {
+        self.http_addr.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "http_addr {:?} is not ip:port; validate the config first",
+                self.http_addr
+            )
+        })
+    }
+
+    /// The STOMP-over-TCP listen address, or `None` when the TCP listener is
+    /// disabled (`stomp_addr = ""`).
+    ///
+    /// # Panics
+    ///
+    /// If `stomp_addr` is neither empty nor parses; [`Config::load`] and
+    /// [`Config::validate`] rule that out.
+    pub fn stomp_socket_addr(&self) -> Option<SocketAddr> {
+        let addr = self.stomp_addr.trim();
+        if addr.is_empty() {
+            return None;
+        }
+        Some(addr.parse().unwrap_or_else(|_| {
+            panic!(
+                "stomp_addr {:?} is not ip:port; validate the config first",
+                self.stomp_addr
+            )
+        }))
+    }
+
+    /// The storage backend `database_url` selects.
+    pub fn database(&self) -> Database {
+        let url = self.database_url.trim();
+        if url.is_empty() {
+            Database::Sqlite(self.data_dir.join(SQLITE_FILE_NAME))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            Database::Sqlite(PathBuf::from(path))
+        } else {
+            Database::Postgres(url.to_string())
+        }
+    }
+
+    /// The SQLite database file, or `None` when PostgreSQL is configured.
+    pub fn database_path(&self) -> Option<PathBuf> {
+        match self.database() {
+            Database::Sqlite(path) => Some(path),
+            Database::Postgres(_) => None,
+        }
+    }
+
+    /// Where the generated JWT secret lives when `auth.jwt_secret` is empty.
+    pub fn jwt_secret_path(&self) -> PathBuf {
+        self.data_dir.join(JWT_SECRET_FILE_NAME)
+    }
+
+    /// The development mailbox used when `mail.smtp_url` is empty.
+    pub fn mailbox_dir(&self) -> PathBuf {
+        self.data_dir.join("mailbox")
+    }
+
+    /// `drain_timeout_ms` as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+impl AuthConfig {
+    /// `access_token_ttl_secs` as a duration.
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs)
+    }
+
+    /// `refresh_token_ttl_secs` as a duration.
+    pub fn refresh_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.refresh_token_ttl_secs)
+    }
+}
+
+impl StompConfig {
+    /// `login_timeout_ms` as a duration.
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_millis(self.login_timeout_ms)
+    }
+
+    /// `heartbeat_send_ms` as a duration (zero = never sends).
+    pub fn heartbeat_send(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_send_ms)
+    }
+
+    /// `heartbeat_recv_ms` as a duration (zero = wants none).
+    pub fn heartbeat_recv(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_recv_ms)
+    }
+
+    /// The tolerance on top of a negotiated read interval: the configured
+    /// `heartbeat_grace_ms`, or when that is 0, `max(interval / 2, 1 s)`.
+    /// A connection silent for `read_interval + grace` is closed.
+    pub fn heartbeat_grace(&self, read_interval: Duration) -> Duration {
+        if self.heartbeat_grace_ms > 0 {
+            Duration::from_millis(self.heartbeat_grace_ms)
+        } else {
+            (read_interval / 2).max(Duration::from_secs(1))
+        }
+    }
+
+    /// Whether inbound frames are rate limited at all.
+    pub fn inbound_rate_limited(&self) -> bool {
+        self.inbound_frames_per_sec > 0
+    }
+}
+
+impl ChatConfig {
+    /// How long messages are kept, or `None` to keep them forever.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(self.retention_days) * 86_400))
+    }
+
+    /// Whether chat sends are rate limited at all.
+    pub fn rate_limited(&self) -> bool {
+        self.rate_per_sec > 0
+    }
+}
+
+impl PresenceConfig {
+    /// `offline_grace_ms` as a duration.
+    pub fn offline_grace(&self) -> Duration {
+        Duration::from_millis(self.offline_grace_ms)
+    }
+
+    /// `typing_expiry_ms` as a duration.
+    pub fn typing_expiry(&self) -> Duration {
+        Duration::from_millis(self.typing_expiry_ms)
+    }
+}
+
+/// One configuration problem: the key path it concerns and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path (`stomp.max_frame_bytes`), or the config file's path
+    /// for problems with the file as a whole.
+    pub key: String,
+    /// What is wrong, including where the value came from when known.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found while loading or validating a configuration.
+/// Displays one problem per line, each starting with its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The individual problems.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.0
+    }
+
+    /// Whether some problem concerns `key`.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.0.iter().any(|e| e.key == key)
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod tests;
