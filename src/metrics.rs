@@ -1,1 +1,176 @@
-//! metrics (being built)
+//! Prometheus metrics: one process-wide recorder and the names of every
+//! metric the server emits.
+//!
+//! Code records through the `metrics` macros with the constants in [`names`]
+//! and the label keys in [`labels`], e.g.
+//! `metrics::counter!(names::FRAMES_IN, labels::COMMAND => "SEND").increment(1)`.
+//! `GET /metrics` renders [`install`]'s handle.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Metric names. All are prefixed `stompline_`.
+pub mod names {
+    /// Gauge: open STOMP connections, label `transport` (`ws` | `tcp`).
+    pub const CONNECTIONS: &str = "stompline_connections";
+    /// Counter: accepted STOMP connections, label `transport`.
+    pub const CONNECTIONS_ACCEPTED: &str = "stompline_connections_accepted_total";
+    /// Counter: frames received, label `command` (`SEND`, `SUBSCRIBE`, …).
+    pub const FRAMES_IN: &str = "stompline_frames_received_total";
+    /// Counter: frames sent, label `command` (`MESSAGE`, `RECEIPT`, …).
+    pub const FRAMES_OUT: &str = "stompline_frames_sent_total";
+    /// Counter: MESSAGE frames handed to subscribers (one per subscriber).
+    pub const DELIVERIES: &str = "stompline_deliveries_total";
+    /// Counter: connections closed because their outbound queue overflowed.
+    pub const SLOW_CONSUMER_DISCONNECTS: &str = "stompline_slow_consumer_disconnects_total";
+    /// Counter: failed authentications, label `reason`
+    /// (`bad_credentials`, `bad_token`, `expired`, `revoked`, …).
+    pub const AUTH_FAILURES: &str = "stompline_auth_failures_total";
+    /// Counter: protocol violations answered with ERROR, label `kind`
+    /// (`bad_frame`, `frame_too_large`, `unknown_command`, `no_connect`, …).
+    pub const PROTOCOL_ERRORS: &str = "stompline_protocol_errors_total";
+    /// Counter: connections closed for missing heart-beats.
+    pub const HEARTBEAT_TIMEOUTS: &str = "stompline_heartbeat_timeouts_total";
+    /// Counter: configured limits reached, label `kind` (`frame_bytes`,
+    /// `headers`, `subscriptions`, `connections`, `connections_per_user`,
+    /// `inbound_rate`, `chat_rate`, `queue_hold`, …).
+    pub const LIMITS_HIT: &str = "stompline_limits_hit_total";
+}
+
+/// Label keys used with [`names`].
+pub mod labels {
+    /// `ws` or `tcp`.
+    pub const TRANSPORT: &str = "transport";
+    /// A STOMP command.
+    pub const COMMAND: &str = "command";
+    /// Why authentication failed.
+    pub const REASON: &str = "reason";
+    /// Which protocol error or limit.
+    pub const KIND: &str = "kind";
+}
+
+/// How often histogram/summary storage is compacted.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the global `metrics` recorder (once
+/// per process) and returns a handle that renders the text exposition.
+/// Later calls return the same handle, so tests that start several servers
+/// in one process share one registry.
+///
+/// If some other recorder was installed globally first, the returned handle
+/// belongs to a private recorder and renders only descriptions.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let handle = match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(error) => {
+                    tracing::warn!(%error, "another metrics recorder is installed; /metrics will be empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            describe();
+            spawn_upkeep(handle.clone());
+            handle
+        })
+        .clone()
+}
+
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "could not start metrics upkeep thread");
+    }
+}
+
+fn describe() {
+    describe_gauge!(
+        names::CONNECTIONS,
+        Unit::Count,
+        "Open STOMP connections by transport."
+    );
+    describe_counter!(
+        names::CONNECTIONS_ACCEPTED,
+        Unit::Count,
+        "Accepted STOMP connections by transport."
+    );
+    describe_counter!(
+        names::FRAMES_IN,
+        Unit::Count,
+        "STOMP frames received by command."
+    );
+    describe_counter!(
+        names::FRAMES_OUT,
+        Unit::Count,
+        "STOMP frames sent by command."
+    );
+    describe_counter!(
+        names::DELIVERIES,
+        Unit::Count,
+        "MESSAGE frames delivered to subscribers."
+    );
+    describe_counter!(
+        names::SLOW_CONSUMER_DISCONNECTS,
+        Unit::Count,
+        "Connections closed because their outbound queue overflowed."
+    );
+    describe_counter!(
+        names::AUTH_FAILURES,
+        Unit::Count,
+        "Failed authentications by reason."
+    );
+    describe_counter!(
+        names::PROTOCOL_ERRORS,
+        Unit::Count,
+        "Protocol violations answered with ERROR, by kind."
+    );
+    describe_counter!(
+        names::HEARTBEAT_TIMEOUTS,
+        Unit::Count,
+        "Connections closed for missing heart-beats."
+    );
+    describe_counter!(
+        names::LIMITS_HIT,
+        Unit::Count,
+        "Configured limits reached, by kind."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_is_idempotent_and_renders_recorded_metrics() {
+        let first = install();
+        let second = install();
+        metrics::counter!(names::AUTH_FAILURES, labels::REASON => "bad_credentials").increment(1);
+        metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "tcp").set(2.0);
+        for handle in [first, second] {
+            let text = handle.render();
+            assert!(
+                text.contains("stompline_auth_failures_total{reason=\"bad_credentials\"}"),
+                "{text}"
+            );
+            assert!(
+                text.contains("stompline_connections{transport=\"tcp\"} 2"),
+                "{text}"
+            );
+            assert!(
+                text.contains("# HELP stompline_auth_failures_total"),
+                "{text}"
+            );
+        }
+    }
+}
