@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Brings up the external services stompline's service-backed tests talk to,
+# installing them from Debian's packages when absent.
+#
+#   scripts/services.sh [start|check] [SERVICE...]
+#
+#   start (default)  install if missing, start if down, wait until usable
+#   check            only report; exit 1 if a service is not usable
+#
+# With no SERVICE, all of them. Each service is a pair of functions
+# <name>_start and <name>_check plus an entry in SERVICES below.
+#
+# Addresses match what the tests read by default:
+#   postgres  postgres://postgres@127.0.0.1:5432/postgres (trust auth)
+#
+# On a machine where the postgres role cannot log in over 127.0.0.1 without
+# a password, `start` adds loopback-only trust rules to pg_hba.conf when
+# CI=true or STOMPLINE_SERVICES_TRUST=1, and otherwise stops with the fix.
+set -euo pipefail
+
+# Later issues add redis, rabbitmq and kafka (tansu) here, each with its
+# <name>_start / <name>_check pair below.
+SERVICES=(postgres)
+
+PG_URL="${STOMPLINE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+WAIT_SECS="${STOMPLINE_SERVICES_WAIT_SECS:-60}"
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    log "installing $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Waits until "$@" succeeds, up to WAIT_SECS.
+wait_for() {
+    local what=$1
+    shift
+    local deadline=$((SECONDS + WAIT_SECS))
+    until "$@" >/dev/null 2>&1; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "$what did not come up within ${WAIT_SECS}s"
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+# --- PostgreSQL ------------------------------------------------------------
+
+pg_cluster_version() {
+    ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1
+}
+
+pg_login() {
+    PGCONNECT_TIMEOUT=5 psql -w -X -q -At "$PG_URL" -c 'select 1' </dev/null
+}
+
+pg_as_superuser() {
+    # Over the local socket with peer auth, whatever pg_hba says about TCP.
+    as_root runuser -u postgres -- psql -w -X -q -At "$@" </dev/null
+}
+
+pg_trust_loopback() {
+    local hba
+    hba=$(pg_as_superuser -c 'show hba_file')
+    log "adding loopback trust rules to $hba"
+    as_root cp "$hba" "$hba.stompline.bak"
+    as_root sh -c "{ printf '%s\n' '# added by stompline scripts/services.sh (loopback only)' \
+        'host all all 127.0.0.1/32 trust' 'host all all ::1/128 trust'; cat '$hba.stompline.bak'; } > '$hba'"
+    pg_as_superuser -c 'select pg_reload_conf()' >/dev/null
+}
+
+postgres_check() {
+    pg_isready -q -h 127.0.0.1 -p 5432 && pg_login >/dev/null
+}
+
+postgres_start() {
+    if ! command -v pg_ctlcluster >/dev/null || [ -z "$(pg_cluster_version)" ]; then
+        apt_install postgresql postgresql-client
+    fi
+    command -v psql >/dev/null || apt_install postgresql-client
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        local version
+        version=$(pg_cluster_version)
+        log "starting PostgreSQL $version"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        wait_for "PostgreSQL" pg_isready -q -h 127.0.0.1 -p 5432
+    fi
+    if ! pg_login >/dev/null 2>&1; then
+        if [ "${CI:-}" = "true" ] || [ "${STOMPLINE_SERVICES_TRUST:-}" = "1" ]; then
+            pg_trust_loopback
+            wait_for "PostgreSQL login" pg_login
+        else
+            log "PostgreSQL is up but '$PG_URL' cannot log in without a password."
+            log "Allow trust auth on loopback (STOMPLINE_SERVICES_TRUST=1 $0 start does it),"
+            log "or point STOMPLINE_TEST_POSTGRES_URL at a database you can use."
+            return 1
+        fi
+    fi
+}
+
+# --- main --------------------------------------------------------------------
+
+action=${1:-start}
+[ $# -gt 0 ] && shift
+case "$action" in
+    start | check) ;;
+    -h | --help)
+        sed -n '2,19p' "$0"
+        exit 0
+        ;;
+    *)
+        log "unknown action '$action' (start or check)"
+        exit 2
+        ;;
+esac
+wanted=("$@")
+[ ${#wanted[@]} -eq 0 ] && wanted=("${SERVICES[@]}")
+
+status=0
+for service in "${wanted[@]}"; do
+    if ! declare -F "${service}_check" >/dev/null; then
+        log "unknown service '$service' (known: ${SERVICES[*]})"
+        status=1
+        continue
+    fi
+    if [ "$action" = start ] && ! "${service}_check" >/dev/null 2>&1; then
+        "${service}_start" || true
+    fi
+    if "${service}_check" >/dev/null 2>&1; then
+        log "$service: up"
+    else
+        log "$service: NOT usable"
+        status=1
+    fi
+done
+exit "$status"
