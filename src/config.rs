@@ -44,8 +44,8 @@ pub struct Config {
     /// development mailbox.
     pub data_dir: PathBuf,
     /// Empty = SQLite at `<data_dir>/stompline.db`; `postgres://…` (or
-    /// `postgresql://…`) selects PostgreSQL; `sqlite://PATH` names another
-    /// SQLite file.
+    /// `postgresql://…`) selects PostgreSQL; `sqlite://PATH` (or
+    /// `sqlite:PATH`) names another SQLite file.
     pub database_url: String,
     /// Log output format.
     pub log_format: LogFormat,
@@ -388,7 +388,7 @@ impl Config {
         let url = self.database_url.trim();
         if url.is_empty() {
             Database::Sqlite(self.data_dir.join(SQLITE_FILE_NAME))
-        } else if let Some(path) = url.strip_prefix("sqlite://") {
+        } else if let Some(path) = sqlite_path(url) {
             Database::Sqlite(PathBuf::from(path))
         } else {
             Database::Postgres(url.to_string())
@@ -487,6 +487,12 @@ impl PresenceConfig {
     pub fn typing_expiry(&self) -> Duration {
         Duration::from_millis(self.typing_expiry_ms)
     }
+}
+
+/// The path of a `sqlite://PATH` (or `sqlite:PATH`) database URL.
+fn sqlite_path(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
 }
 
 /// One configuration problem: the key path it concerns and what is wrong.

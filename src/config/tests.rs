@@ -271,6 +271,8 @@ fn database_selection() {
     assert_eq!(config.database_path(), None);
     config.database_url = "sqlite:///tmp/x.db".into();
     assert_eq!(config.database_path(), Some(PathBuf::from("/tmp/x.db")));
+    config.database_url = "sqlite:rel/x.db".into();
+    assert_eq!(config.database_path(), Some(PathBuf::from("rel/x.db")));
     config.validate().unwrap();
 }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::acl::pattern_problem;
-use super::{Config, ConfigError};
+use super::{sqlite_path, Config, ConfigError};
 
 /// Shortest accepted explicit JWT secret: HS256 wants at least as many
 /// secret bytes as the hash has.
@@ -74,9 +74,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     let known_scheme = url.is_empty()
         || url.starts_with("postgres://")
         || url.starts_with("postgresql://")
-        || url
-            .strip_prefix("sqlite://")
-            .is_some_and(|path| !path.is_empty());
+        || sqlite_path(url).is_some_and(|path| !path.is_empty());
     c.check(
         known_scheme,
         "database_url",
