@@ -1,0 +1,234 @@
+//! `/api/auth/*` and `/api/me`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+
+use super::error::{ApiError, Json};
+use super::ApiState;
+use crate::auth::{Principal, Registration, TokenPair};
+use crate::store::User;
+
+/// The public view of an account.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    /// User id.
+    pub id: String,
+    /// Username as the user chose it.
+    pub username: String,
+    /// Display name.
+    pub display_name: String,
+    /// Email address, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: String,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        Self {
+            created_at: rfc3339(user.created_at),
+            id: user.id,
+            username: user.username,
+            display_name: user.display_name,
+            email: user.email,
+        }
+    }
+}
+
+/// Renders a timestamp as RFC 3339 in UTC.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Body of register, login and refresh answers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    /// The account.
+    pub user: UserView,
+    /// Bearer token.
+    pub access_token: String,
+    /// One-time refresh token.
+    pub refresh_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+impl From<TokenPair> for TokenResponse {
+    fn from(pair: TokenPair) -> Self {
+        Self {
+            user: pair.user.into(),
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            expires_in: pair.expires_in,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RegisterRequest {
+    username: String,
+    password: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LoginRequest {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RefreshRequest {
+    refresh_token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogoutRequest {
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+/// `POST /api/auth/register` → 201.
+pub(super) async fn register(
+    State(state): State<ApiState>,
+    Json(req): Json<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let pair = state
+        .auth
+        .register(Registration {
+            username: req.username,
+            password: req.password,
+            email: req.email.filter(|e| !e.trim().is_empty()),
+            display_name: req.display_name,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(TokenResponse::from(pair))))
+}
+
+/// `POST /api/auth/login` → 200.
+pub(super) async fn login(
+    State(state): State<ApiState>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let login = req
+        .username
+        .or(req.email)
+        .filter(|l| !l.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "username or email is required"))?;
+    let pair = state.auth.login(&login, &req.password).await?;
+    Ok(Json(pair.into()))
+}
+
+/// `POST /api/auth/refresh` → 200 with a new pair.
+pub(super) async fn refresh(
+    State(state): State<ApiState>,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let pair = state.auth.refresh(&req.refresh_token).await?;
+    Ok(Json(pair.into()))
+}
+
+/// `POST /api/auth/logout` → 204. The session is named by the bearer token,
+/// or by `{"refreshToken"}` in the body (which works after the access token
+/// expired).
+pub(super) async fn logout(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let bearer = match bearer_token(&headers) {
+        Some(token) => Some(state.auth.verify_access_token(token?)),
+        None => None,
+    };
+    let session_id = match bearer {
+        Some(Ok(Principal {
+            session_id: Some(sid),
+            ..
+        })) => sid,
+        bearer => {
+            let req: LogoutRequest = if body.is_empty() {
+                LogoutRequest::default()
+            } else {
+                serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+            };
+            match (req.refresh_token, bearer) {
+                (Some(token), _) => state.auth.session_of_refresh_token(&token).await?,
+                (None, Some(Err(e))) => return Err(e.into()),
+                (None, _) => return Err(missing_credentials()),
+            }
+        }
+    };
+    state.auth.logout(&session_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/me`.
+pub(super) async fn me(
+    State(state): State<ApiState>,
+    Authenticated(principal): Authenticated,
+) -> Result<Json<UserView>, ApiError> {
+    let user = state
+        .store
+        .user_by_id(&principal.user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))?;
+    Ok(Json(user.into()))
+}
+
+/// The caller, from `Authorization: Bearer <accessToken>`; rejects with 401.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
+impl FromRequestParts<ApiState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers).ok_or_else(missing_credentials)??;
+        Ok(Self(state.auth.verify_access_token(token)?))
+    }
+}
+
+fn missing_credentials() -> ApiError {
+    metrics::counter!("stompline_auth_failures_total", "reason" => "missing_credentials")
+        .increment(1);
+    ApiError::unauthorized(
+        "missing_credentials",
+        "an Authorization: Bearer token is required",
+    )
+}
+
+/// `None` without an Authorization header; an error when it is not a bearer
+/// token.
+fn bearer_token(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    Some(parsed.ok_or_else(|| {
+        ApiError::unauthorized("invalid_token", "Authorization must be \"Bearer <token>\"")
+    }))
+}
