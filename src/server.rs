@@ -1,1 +1,323 @@
-//! server (being built)
+//! Wiring: storage, accounts, broker, the HTTP/WebSocket listener and the
+//! STOMP TCP listener, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::auth::{Auth, AuthSettings};
+use crate::broker::{Broker, Registry};
+use crate::config::Config;
+use crate::stomp::Shared;
+use crate::store::{self, Store};
+use crate::transport::{tcp, ws};
+
+/// A started server.
+pub struct Running {
+    /// Bound HTTP + WebSocket address.
+    pub http_addr: SocketAddr,
+    /// Bound STOMP TCP address, when enabled.
+    pub stomp_addr: Option<SocketAddr>,
+    /// What sessions share (for tests and embedding).
+    pub shared: Arc<Shared>,
+    drained: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Waits until the server has drained (or the drain timeout passed).
+    pub async fn wait(self) {
+        let _ = self.drained.await;
+    }
+}
+
+/// Opens the configured store and applies its migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = store::open(
+        &config.database_url,
+        &config.data_dir,
+        config.database.pool_size,
+    )
+    .await
+    .context("opening the database")?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+/// Starts every listener and returns once they are bound.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let store = open_store(&config).await?;
+    let auth = Arc::new(
+        Auth::new(
+            AuthSettings {
+                jwt_secret: Some(config.auth.jwt_secret.clone()).filter(|s| !s.is_empty()),
+                data_dir: config.data_dir.clone(),
+                access_ttl: config.auth.access_token_ttl(),
+                refresh_ttl: config.auth.refresh_token_ttl(),
+                argon2_memory_kib: config.auth.argon2_memory_kib,
+                argon2_iterations: config.auth.argon2_iterations,
+                argon2_parallelism: config.auth.argon2_parallelism,
+            },
+            store.clone(),
+        )
+        .context("setting up authentication")?,
+    );
+    let metrics = crate::metrics::install();
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        auth: auth.clone(),
+        broker: Arc::new(Broker::new(config.stomp.queue_hold_max)),
+        registry: Arc::new(Registry::default()),
+        shutdown: shutdown.clone(),
+    });
+
+    // Logout and refresh-token reuse close the session's live connections.
+    let mut revocations = auth.subscribe_revocations();
+    let registry = shared.registry.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                sid = revocations.recv() => match sid {
+                    Ok(sid) => {
+                        registry.close_auth_session(&sid, "session revoked");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+    });
+
+    let permits = Arc::new(Semaphore::new(config.stomp.max_connections));
+    let tracker = TaskTracker::new();
+    let router = api::router(ApiState {
+        auth,
+        store,
+        metrics: Some(metrics),
+    })
+    .merge(
+        Router::new()
+            .route("/ws", get(ws::handler))
+            .with_state(ws::WsState {
+                shared: shared.clone(),
+                permits: permits.clone(),
+                tracker: tracker.clone(),
+            }),
+    );
+
+    let http = TcpListener::bind(config.http_socket_addr())
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let http_addr = http.local_addr()?;
+    let stomp = match config.stomp_socket_addr() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding STOMP on {}", config.stomp_addr))?,
+        ),
+        None => None,
+    };
+    let stomp_addr = stomp.as_ref().map(TcpListener::local_addr).transpose()?;
+    tracing::info!(
+        "listening http={} stomp={}",
+        http_addr,
+        stomp_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string())
+    );
+
+    let http_conns = TaskTracker::new();
+    let http_task = tokio::spawn(accept_http(
+        http,
+        router,
+        shutdown.clone(),
+        http_conns.clone(),
+    ));
+    let stomp_task = stomp.map(|l| {
+        tokio::spawn(accept_stomp(
+            l,
+            shared.clone(),
+            permits,
+            tracker.clone(),
+            shutdown.clone(),
+        ))
+    });
+
+    let (done, drained) = tokio::sync::oneshot::channel();
+    let drain_timeout = config.drain_timeout();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        tracing::info!("shutting down");
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        let _ = http_task.await;
+        http_conns.close();
+        let _ = tokio::time::timeout_at(deadline, http_conns.wait()).await;
+        if let Some(t) = stomp_task {
+            let _ = t.await;
+        }
+        tracker.close();
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout passed with connections still open");
+        }
+        let _ = done.send(());
+    });
+
+    Ok(Running {
+        http_addr,
+        stomp_addr,
+        shared,
+        drained,
+    })
+}
+
+async fn accept_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    conns: TaskTracker,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let mut conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            let result = tokio::select! {
+                r = &mut conn => r,
+                _ = shutdown.cancelled() => {
+                    // Finish the request in flight, then close; upgraded
+                    // WebSocket connections are tracked separately.
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn accept_stomp(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    tcp::serve(stream, shared).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                metrics::counter!(crate::metrics::names::LIMITS_HIT, crate::metrics::labels::KIND => "connections").increment(1);
+                tokio::spawn(tcp::refuse(stream));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs the server until SIGTERM/SIGINT, then drains and returns.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let running = start(config).await?;
+        shutdown_signal().await;
+        running.shutdown();
+        running.wait().await;
+        Ok(())
+    })
+}
+
+/// Applies database migrations and exits.
+pub fn migrate(config: &Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        open_store(config).await?;
+        tracing::info!("migrations applied");
+        Ok(())
+    })
+}

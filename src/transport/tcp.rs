@@ -1,0 +1,112 @@
+//! STOMP over TCP.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::{count_out, drive, join_writer, new_connection, Chunk, Reader};
+use crate::metrics::{labels, names};
+use crate::stomp::connection::{Connection, Out};
+use crate::stomp::{frames, Session, Shared, TransportKind};
+
+struct TcpReader {
+    r: OwnedReadHalf,
+    chunk: usize,
+}
+
+impl Reader for TcpReader {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<Chunk> {
+        loop {
+            // Wait for data before reserving, so an idle connection holds no
+            // read buffer.
+            self.r.readable().await?;
+            buf.reserve(self.chunk);
+            match self.r.try_read_buf(buf) {
+                Ok(0) => return Ok(Chunk::Eof),
+                Ok(_) => {
+                    return Ok(Chunk::Data {
+                        end_of_message: false,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let conn = new_connection(&shared);
+    metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "tcp").increment(1.0);
+    let writer = tokio::spawn(write_loop(w, conn.clone()));
+    let session = Session::new(shared.clone(), conn, TransportKind::Tcp);
+    let reader = TcpReader {
+        r,
+        chunk: shared.config.stomp.read_buffer_bytes.max(512),
+    };
+    drive(session, reader, shared).await;
+    join_writer(writer).await;
+    metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "tcp").decrement(1.0);
+}
+
+/// Refuses a connection over the server-wide limit: ERROR, then close.
+pub async fn refuse(mut stream: TcpStream) {
+    let frame = frames::error(
+        stomp_codec::Version::V1_2,
+        "too many connections",
+        None,
+        "server connection limit reached",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(&frame).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn write_loop(mut w: OwnedWriteHalf, conn: Arc<Connection>) {
+    let mut items = Vec::new();
+    let mut buf = BytesMut::new();
+    loop {
+        let hb = conn.heartbeat_send_ms();
+        let idle = (hb > 0).then(|| Duration::from_millis(hb));
+        if !conn.take_batch(&mut items, idle).await {
+            buf.put_slice(stomp_codec::HEARTBEAT);
+        }
+        let mut close = false;
+        for item in items.drain(..) {
+            count_out(&item);
+            match item {
+                Out::Frame(b) => buf.put_slice(&b),
+                Out::Message { head, shared } => {
+                    buf.put_slice(&head);
+                    buf.put_slice(&shared);
+                }
+                Out::Control { .. } => {}
+                Out::Close { .. } => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !buf.is_empty() && w.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > 64 * 1024 {
+            buf = BytesMut::new();
+        }
+        if close {
+            let _ = w.shutdown().await;
+            return;
+        }
+    }
+}

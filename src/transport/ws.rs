@@ -1,0 +1,263 @@
+//! STOMP over WebSocket (`GET /ws`), upgraded with fastwebsockets.
+//!
+//! Reading uses fastwebsockets' frame parser. Writing builds the server's
+//! (unmasked) frame headers straight into one buffer per burst, so many
+//! STOMP frames leave in one write instead of one write each.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use fastwebsockets::upgrade::IncomingUpgrade;
+use fastwebsockets::{after_handshake_split, OpCode, Payload, Role, WebSocketError, WebSocketRead};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use stomp_codec::Version;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{count_out, drive, join_writer, new_connection, Chunk, Reader};
+use crate::metrics::{labels, names};
+use crate::stomp::connection::{Connection, Out};
+use crate::stomp::{Session, Shared, TransportKind};
+
+type Stream = TokioIo<Upgraded>;
+
+/// State of the `/ws` route.
+#[derive(Clone)]
+pub struct WsState {
+    /// Shared session state.
+    pub shared: Arc<Shared>,
+    /// Server-wide connection permits.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// Tracks connection tasks for graceful shutdown.
+    pub tracker: tokio_util::task::TaskTracker,
+}
+
+/// Query parameters of the upgrade request.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    access_token: Option<String>,
+}
+
+/// The subprotocol to answer with: the highest STOMP version the client
+/// offered. `None` when it offered none we know (the session then follows
+/// CONNECT's `accept-version`).
+pub fn choose_subprotocol(headers: &HeaderMap) -> Option<Version> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(Version::from_subprotocol)
+        .max()
+}
+
+/// `GET /ws`: upgrades to WebSocket and runs a STOMP session on it.
+pub async fn handler(
+    State(state): State<WsState>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: IncomingUpgrade,
+) -> Response {
+    if state.shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
+    }
+    let Ok(permit) = state.permits.clone().try_acquire_owned() else {
+        metrics::counter!(names::LIMITS_HIT, labels::KIND => "connections").increment(1);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
+    let subprotocol = choose_subprotocol(&headers);
+    let (response, fut) = match upgrade.upgrade() {
+        Ok(x) => x,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let shared = state.shared.clone();
+    let access_token = query.access_token.filter(|t| !t.is_empty());
+    state.tracker.spawn(async move {
+        match fut.await {
+            Ok(ws) => serve(ws.into_inner(), shared, subprotocol, access_token, permit).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let (mut parts, body) = response.into_parts();
+    if let Some(v) = subprotocol {
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(v.subprotocol()),
+        );
+    }
+    Response::from_parts(parts, axum::body::Body::new(body))
+}
+
+struct WsReader {
+    ws: WebSocketRead<ReadHalf<Stream>>,
+    conn: Arc<Connection>,
+}
+
+impl Reader for WsReader {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<Chunk> {
+        let conn = self.conn.clone();
+        loop {
+            let frame = self
+                .ws
+                .read_frame(&mut |f: fastwebsockets::Frame<'_>| {
+                    // Pongs the parser owes the peer go out through the writer.
+                    let _ = conn.push(Out::Control {
+                        opcode: f.opcode as u8,
+                        payload: Bytes::copy_from_slice(&f.payload),
+                    });
+                    std::future::ready(Ok::<(), std::convert::Infallible>(()))
+                })
+                .await
+                .map_err(to_io)?;
+            match frame.opcode {
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                    let fin = frame.fin;
+                    match frame.payload {
+                        // The common case takes the parser's buffer as is.
+                        Payload::Bytes(b) if buf.is_empty() => *buf = b,
+                        other => buf.extend_from_slice(&other),
+                    }
+                    return Ok(Chunk::Data {
+                        end_of_message: fin,
+                    });
+                }
+                OpCode::Close => return Ok(Chunk::Eof),
+                OpCode::Ping | OpCode::Pong => continue,
+            }
+        }
+    }
+
+    fn connected(&mut self, max_frame: usize) {
+        self.ws.set_max_message_size(max_frame.saturating_add(1024));
+    }
+}
+
+fn to_io(e: WebSocketError) -> io::Error {
+    match e {
+        WebSocketError::IoError(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+async fn serve(
+    stream: Stream,
+    shared: Arc<Shared>,
+    subprotocol: Option<Version>,
+    access_token: Option<String>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (r, w) = tokio::io::split(stream);
+    let (mut ws, _) = after_handshake_split(r, tokio::io::sink(), Role::Server);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(true);
+    ws.set_max_message_size(
+        shared
+            .config
+            .stomp
+            .max_frame_bytes_before_connect
+            .saturating_add(1024),
+    );
+    let conn = new_connection(&shared);
+    metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "ws").increment(1.0);
+    let writer = tokio::spawn(write_loop(w, conn.clone()));
+    let transport = TransportKind::WebSocket {
+        subprotocol,
+        access_token,
+    };
+    let session = Session::new(shared.clone(), conn.clone(), transport);
+    drive(session, WsReader { ws, conn }, shared).await;
+    join_writer(writer).await;
+    metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "ws").decrement(1.0);
+}
+
+/// Appends one unmasked, final WebSocket frame header (RFC 6455 §5.2).
+fn put_ws_head(buf: &mut BytesMut, opcode: u8, len: usize) {
+    buf.put_u8(0x80 | opcode);
+    if len < 126 {
+        buf.put_u8(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        buf.put_u8(126);
+        buf.put_u16(short);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(len as u64);
+    }
+}
+
+/// Text when the frame is UTF-8 (what browsers' STOMP clients expect),
+/// binary otherwise.
+fn data_opcode(parts: &[&[u8]]) -> u8 {
+    let utf8 = match parts {
+        [one] => std::str::from_utf8(one).is_ok(),
+        // The head is ASCII-safe header text; the shared part decides.
+        [head, rest] => std::str::from_utf8(head).is_ok() && std::str::from_utf8(rest).is_ok(),
+        _ => false,
+    };
+    if utf8 {
+        OpCode::Text as u8
+    } else {
+        OpCode::Binary as u8
+    }
+}
+
+async fn write_loop(mut w: WriteHalf<Stream>, conn: Arc<Connection>) {
+    let mut items = Vec::new();
+    let mut buf = BytesMut::new();
+    loop {
+        let hb = conn.heartbeat_send_ms();
+        let idle = (hb > 0).then(|| Duration::from_millis(hb));
+        if !conn.take_batch(&mut items, idle).await {
+            put_ws_head(&mut buf, OpCode::Text as u8, 1);
+            buf.put_slice(stomp_codec::HEARTBEAT);
+        }
+        let mut close = None;
+        for item in items.drain(..) {
+            count_out(&item);
+            match item {
+                Out::Frame(b) => {
+                    put_ws_head(&mut buf, data_opcode(&[&b]), b.len());
+                    buf.put_slice(&b);
+                }
+                Out::Message { head, shared } => {
+                    put_ws_head(
+                        &mut buf,
+                        data_opcode(&[&head, &shared]),
+                        head.len() + shared.len(),
+                    );
+                    buf.put_slice(&head);
+                    buf.put_slice(&shared);
+                }
+                Out::Control { opcode, payload } => {
+                    put_ws_head(&mut buf, opcode, payload.len());
+                    buf.put_slice(&payload);
+                }
+                Out::Close { close_code } => {
+                    close = Some(close_code);
+                    break;
+                }
+            }
+        }
+        if let Some(code) = close {
+            put_ws_head(&mut buf, OpCode::Close as u8, 2);
+            buf.put_u16(code);
+        }
+        if !buf.is_empty() && w.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > 64 * 1024 {
+            buf = BytesMut::new();
+        }
+        if close.is_some() {
+            let _ = w.shutdown().await;
+            return;
+        }
+    }
+}
