@@ -26,7 +26,7 @@ pub const EXAMPLE_TOML: &str = include_str!("../docs/config.example.toml");
 pub const SQLITE_FILE_NAME: &str = "stompline.db";
 
 /// File name of the generated JWT signing secret inside `data_dir`.
-pub const JWT_SECRET_FILE_NAME: &str = "jwt.secret";
+pub const JWT_SECRET_FILE_NAME: &str = "jwt.key";
 
 /// The whole server configuration.
 ///
@@ -91,7 +91,7 @@ pub struct DatabaseConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HMAC secret for access tokens (at least 32 bytes); empty = generated
-    /// once into `<data_dir>/jwt.secret`. Every instance of a cluster must
+    /// once into `<data_dir>/jwt.key`. Every instance of a cluster must
     /// share the same secret.
     pub jwt_secret: String,
     /// Lifetime of an access token, seconds.
