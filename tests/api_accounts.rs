@@ -380,6 +380,10 @@ async fn wrong_password_and_unknown_user_answer_the_same_401() {
         wrong_password_headers.get(header::WWW_AUTHENTICATE),
         unknown_user_headers.get(header::WWW_AUTHENTICATE)
     );
+    assert_eq!(
+        wrong_password_headers.get(header::CONTENT_LENGTH),
+        unknown_user_headers.get(header::CONTENT_LENGTH)
+    );
 
     // Failures are counted by reason.
     let metrics = server.get("/metrics", None).await;

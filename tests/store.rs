@@ -539,7 +539,12 @@ async fn sqlite_url_opens_that_file() {
 #[tokio::test]
 async fn unknown_scheme_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    for url in ["mysql://localhost/db", "redis://x", "sqlite://"] {
+    for url in [
+        "mysql://localhost/db",
+        "redis://x",
+        "sqlite://",
+        "sqlite::memory:",
+    ] {
         let result = store::open(url, dir.path(), 1).await;
         assert!(matches!(result, Err(StoreError::InvalidUrl(_))), "{url}");
     }

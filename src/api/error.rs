@@ -133,13 +133,16 @@ impl IntoResponse for ApiError {
             Self::TooManyRequests { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            Self::Unauthorized { code, .. } => {
-                let value = if *code == "missing_credentials" {
-                    HeaderValue::from_static("Bearer")
-                } else {
-                    HeaderValue::from_static("Bearer error=\"invalid_token\"")
-                };
-                headers.insert(header::WWW_AUTHENTICATE, value);
+            // RFC 6750: tell bearer-token clients what went wrong; a failed
+            // password login is not a token problem and gets no challenge.
+            Self::Unauthorized { code, .. } if *code == "missing_credentials" => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unauthorized { code, .. } if *code != "invalid_credentials" => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
             }
             _ => {}
         }

@@ -227,6 +227,12 @@ pub async fn open(
         if path.is_empty() {
             return Err(StoreError::InvalidUrl("sqlite url without a path".into()));
         }
+        // Every connection of the pool would get a database of its own.
+        if path == ":memory:" || path.contains("mode=memory") {
+            return Err(StoreError::InvalidUrl(
+                "in-memory SQLite is not supported; use a file".into(),
+            ));
+        }
         let path = Path::new(path);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
