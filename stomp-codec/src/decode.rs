@@ -13,6 +13,15 @@ use crate::frame::Headers;
 use crate::{header, Command, Frame, Version};
 
 /// Size limits, set by the caller and enforced before buffering past them.
+///
+/// A limit is reported as soon as the buffered bytes prove it passed: a
+/// frame once `max_frame_bytes` of it are buffered and its NUL has not come
+/// (the NUL counts), a line once its content is longer than the limit (the
+/// CR of a CRLF is not content), a body once it is longer than the limit, or
+/// at the blank line when `content-length` announces too much. When the
+/// input breaks several rules, the one broken first in the byte stream is
+/// reported (a tie: line, frame, command; body, frame), so the error does not
+/// depend on how the input was split into reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Whole frame: command line, headers, body and NUL.
@@ -287,36 +296,17 @@ impl Decoder {
                     };
                 }
                 State::Head { command, pos } => {
-                    let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
-                        let pending = buf.len() - pos;
-                        return Err(if command.is_none() && pending > MAX_COMMAND_LINE {
-                            DecodeError::UnknownCommand
-                        } else if pending > self.limits.max_header_line_bytes {
-                            DecodeError::HeaderLineTooLong {
-                                limit: self.limits.max_header_line_bytes,
-                            }
-                        } else if buf.len() > self.limits.max_frame_bytes {
-                            DecodeError::FrameTooLarge {
-                                limit: self.limits.max_frame_bytes,
-                            }
-                        } else {
-                            return Ok(None);
-                        });
+                    let nl = memchr::memchr(b'\n', &buf[pos..]).map(|i| pos + i);
+                    if let Some(e) = self.head_violation(buf, pos, nl, command.is_none()) {
+                        return Err(e);
+                    }
+                    let Some(nl) = nl else {
+                        return Ok(None);
                     };
-                    let next = pos + nl + 1;
-                    let mut end = pos + nl;
+                    let next = nl + 1;
+                    let mut end = nl;
                     if end > pos && buf[end - 1] == b'\r' {
                         end -= 1;
-                    }
-                    if end - pos > self.limits.max_header_line_bytes {
-                        return Err(DecodeError::HeaderLineTooLong {
-                            limit: self.limits.max_header_line_bytes,
-                        });
-                    }
-                    if next > self.limits.max_frame_bytes {
-                        return Err(DecodeError::FrameTooLarge {
-                            limit: self.limits.max_frame_bytes,
-                        });
                     }
                     match command {
                         None => {
@@ -330,7 +320,10 @@ impl Decoder {
                         Some(c) if end == pos => {
                             let content_length = self.content_length(buf)?;
                             if let Some(n) = content_length {
-                                if next + n + 1 > self.limits.max_frame_bytes {
+                                // Checked: with no body limit, `n` may be near
+                                // `usize::MAX`; such a frame is too large for any limit.
+                                let total = next.checked_add(n).and_then(|t| t.checked_add(1));
+                                if total.is_none_or(|t| t > self.limits.max_frame_bytes) {
                                     return Err(DecodeError::FrameTooLarge {
                                         limit: self.limits.max_frame_bytes,
                                     });
@@ -378,33 +371,16 @@ impl Decoder {
                     scanned,
                 } => {
                     let from = head_len + scanned;
-                    if let Some(i) = memchr::memchr(0, &buf[from..]) {
-                        let body_len = scanned + i;
-                        if body_len > self.limits.max_body_bytes {
-                            return Err(DecodeError::BodyTooLarge {
-                                limit: self.limits.max_body_bytes,
-                            });
-                        }
-                        if head_len + body_len + 1 > self.limits.max_frame_bytes {
-                            return Err(DecodeError::FrameTooLarge {
-                                limit: self.limits.max_frame_bytes,
-                            });
-                        }
-                        let frame =
-                            self.finish(buf, command, head_len, body_len, head_len + body_len + 1);
+                    let nul = memchr::memchr(0, &buf[from..]).map(|i| from + i);
+                    if let Some(e) = self.body_violation(head_len, nul.unwrap_or(buf.len())) {
+                        return Err(e);
+                    }
+                    if let Some(nul) = nul {
+                        let body_len = nul - head_len;
+                        let frame = self.finish(buf, command, head_len, body_len, nul + 1);
                         return Ok(Some(Item::Frame(frame)));
                     }
                     let scanned = buf.len() - head_len;
-                    if scanned > self.limits.max_body_bytes {
-                        return Err(DecodeError::BodyTooLarge {
-                            limit: self.limits.max_body_bytes,
-                        });
-                    }
-                    if buf.len() >= self.limits.max_frame_bytes {
-                        return Err(DecodeError::FrameTooLarge {
-                            limit: self.limits.max_frame_bytes,
-                        });
-                    }
                     self.state = State::Body {
                         command,
                         head_len,
@@ -415,6 +391,99 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// The first limit or command-line violation proven by the bytes of the
+    /// head line starting at `pos` (`nl`: its LF, if buffered yet).
+    ///
+    /// Each violation has a *proof offset*: the first byte that makes it
+    /// certain, whatever follows. The earliest one is reported (ties in the
+    /// order line length, frame size, command), so the error never depends on
+    /// how the input was split into reads. The frame's size counts its NUL,
+    /// so a frame is too large once `max_frame_bytes` bytes of it are
+    /// buffered and it has not ended.
+    fn head_violation(
+        &self,
+        buf: &[u8],
+        pos: usize,
+        nl: Option<usize>,
+        command_line: bool,
+    ) -> Option<DecodeError> {
+        let line_end = nl.unwrap_or(buf.len());
+        // The line's content exceeds the limit once byte `pos + max` is
+        // content: any byte but a CR, which may still be the EOL's CR.
+        let line = pos
+            .checked_add(self.limits.max_header_line_bytes)
+            .filter(|&at| at < line_end)
+            .and_then(|at| {
+                if buf[at] != b'\r' {
+                    Some(at)
+                } else {
+                    Some(at + 1).filter(|&next| next < line_end)
+                }
+            })
+            .map(|at| {
+                let e = DecodeError::HeaderLineTooLong {
+                    limit: self.limits.max_header_line_bytes,
+                };
+                (at, e)
+            });
+        let frame = Some(self.frame_proof_offset())
+            .filter(|&at| at < nl.map_or(buf.len(), |n| n + 1))
+            .map(|at| {
+                let e = DecodeError::FrameTooLarge {
+                    limit: self.limits.max_frame_bytes,
+                };
+                (at, e)
+            });
+        let command = command_line
+            .then(|| {
+                if pos + MAX_COMMAND_LINE < line_end {
+                    // Longer than any command and its CR.
+                    Some(pos + MAX_COMMAND_LINE)
+                } else {
+                    let nl = nl?;
+                    let end = if nl > pos && buf[nl - 1] == b'\r' {
+                        nl - 1
+                    } else {
+                        nl
+                    };
+                    Command::from_bytes(&buf[pos..end]).is_none().then_some(nl)
+                }
+            })
+            .flatten()
+            .map(|at| (at, DecodeError::UnknownCommand));
+        earliest([line, frame, command])
+    }
+
+    /// The first limit violation proven by the body bytes of a frame without
+    /// `content-length`, `end` being its NUL or the end of what is buffered
+    /// (same rule as [`Decoder::head_violation`]; ties: body, then frame).
+    fn body_violation(&self, head_len: usize, end: usize) -> Option<DecodeError> {
+        let body = head_len
+            .checked_add(self.limits.max_body_bytes)
+            .filter(|&at| at < end)
+            .map(|at| {
+                let e = DecodeError::BodyTooLarge {
+                    limit: self.limits.max_body_bytes,
+                };
+                (at, e)
+            });
+        let frame = Some(self.frame_proof_offset())
+            .filter(|&at| at < end)
+            .map(|at| {
+                let e = DecodeError::FrameTooLarge {
+                    limit: self.limits.max_frame_bytes,
+                };
+                (at, e)
+            });
+        earliest([body, frame])
+    }
+
+    /// The frame is too large once its byte at this offset is buffered and
+    /// is not its NUL: `max_frame_bytes` bytes with the NUL still to come.
+    fn frame_proof_offset(&self) -> usize {
+        self.limits.max_frame_bytes.saturating_sub(1)
     }
 
     /// Records one header line `buf[start..end]` (EOL excluded).
@@ -507,6 +576,15 @@ impl Decoder {
             body,
         }
     }
+}
+
+/// The violation with the smallest proof offset; on a tie, the first listed.
+fn earliest<const N: usize>(found: [Option<(usize, DecodeError)>; N]) -> Option<DecodeError> {
+    found
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
+        .map(|(_, e)| e)
 }
 
 /// `name:value`, split at the first colon (nom). Returns the name's and the

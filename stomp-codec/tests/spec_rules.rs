@@ -519,10 +519,11 @@ fn limits_tighter_before_connect_then_widened() {
     big.extend(std::iter::repeat_n(b'x', 70 * 1024));
     big.push(0);
     let mut buf = BytesMut::from(&big[..]);
-    assert!(matches!(
+    // Both limits are passed; the frame's (64 KiB counting the head) first.
+    assert_eq!(
         dec.decode(&mut buf),
-        Err(DecodeError::BodyTooLarge { .. })
-    ));
+        Err(DecodeError::FrameTooLarge { limit: 64 * 1024 })
+    );
     let mut dec = Decoder::new(Limits::BEFORE_CONNECT);
     dec.set_limits(Limits::DEFAULT);
     let mut buf = BytesMut::from(&big[..]);
@@ -640,4 +641,125 @@ fn heart_beat_lone_cr_is_not_an_eol() {
 fn constants_name_the_headers() {
     assert_eq!(header::CONTENT_LENGTH, "content-length");
     assert_eq!(Command::Send.required_headers(), &[header::DESTINATION]);
+}
+
+#[test]
+fn limits_content_length_near_usize_max_is_too_large_not_an_overflow() {
+    // With the body and frame limits lifted, the announced size still cannot
+    // be added to the head without overflowing: the frame is too large.
+    let unlimited = Limits {
+        max_frame_bytes: usize::MAX,
+        max_headers: usize::MAX,
+        max_header_line_bytes: usize::MAX,
+        max_body_bytes: usize::MAX,
+    };
+    let input = format!("SEND\ncontent-length:{}\n\n\0", usize::MAX);
+    assert_eq!(
+        err(input.as_bytes(), Version::V1_2, unlimited),
+        DecodeError::FrameTooLarge { limit: usize::MAX }
+    );
+    let input = format!("SEND\ncontent-length:{}\n\n\0", usize::MAX - 7);
+    assert_eq!(
+        err(input.as_bytes(), Version::V1_2, unlimited),
+        DecodeError::FrameTooLarge { limit: usize::MAX }
+    );
+}
+
+/// Decodes `input` whole, then split in two at every point and byte by byte,
+/// and asserts every way gives the same items and the same error.
+fn assert_split_independent(input: &[u8], limits: Limits) -> Result<Vec<Item>, DecodeError> {
+    let whole = decode_all(input, limits, Version::V1_2).map(|(items, _)| items);
+    let feed = |chunks: &mut dyn Iterator<Item = &[u8]>| {
+        let mut dec = Decoder::new(limits);
+        let mut buf = BytesMut::new();
+        let mut items = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            while let Some(i) = dec.decode(&mut buf)? {
+                items.push(i);
+            }
+        }
+        Ok(items)
+    };
+    for split in 0..=input.len() {
+        let (a, b) = input.split_at(split);
+        assert_eq!(feed(&mut [a, b].into_iter()), whole, "split at {split}");
+    }
+    assert_eq!(feed(&mut input.chunks(1)), whole, "byte by byte");
+    whole
+}
+
+#[test]
+fn limits_first_violated_limit_is_reported_however_the_input_is_split() {
+    let limits = |frame, line, body| Limits {
+        max_frame_bytes: frame,
+        max_headers: 8,
+        max_header_line_bytes: line,
+        max_body_bytes: body,
+    };
+    // A long command line in a 3-byte frame limit: the frame limit is passed
+    // at its 3rd byte, long before the line is known not to be a command.
+    assert_eq!(
+        assert_split_independent(b"GET / HTTP/1.1\r\r\n\r\n", limits(3, 100, 100)),
+        Err(DecodeError::FrameTooLarge { limit: 3 })
+    );
+    // The line limit is passed before the command line is 13 bytes long.
+    assert_eq!(
+        assert_split_independent(b"GET / HTTP/1.1\n\n", limits(100, 4, 100)),
+        Err(DecodeError::HeaderLineTooLong { limit: 4 })
+    );
+    // Past 12 bytes a line is no command, whatever the limits.
+    assert_eq!(
+        assert_split_independent(b"GET / HTTP/1.1\n\n", limits(100, 100, 100)),
+        Err(DecodeError::UnknownCommand)
+    );
+    // Body limit passed at body byte 3, frame limit at frame byte 20.
+    assert_eq!(
+        assert_split_independent(b"SEND\n\n0123456789abcdef\0", limits(20, 100, 2)),
+        Err(DecodeError::BodyTooLarge { limit: 2 })
+    );
+    // Frame limit passed (at byte 10) before the body limit (body byte 12).
+    assert_eq!(
+        assert_split_independent(b"SEND\n\n0123456789abcdef\0", limits(10, 100, 11)),
+        Err(DecodeError::FrameTooLarge { limit: 10 })
+    );
+}
+
+#[test]
+fn limits_header_line_limit_excludes_the_cr_of_the_eol() {
+    // A line of exactly the limit followed by CRLF fits, even when the CR
+    // arrives on its own; a CR followed by more content does not.
+    let limits = Limits {
+        max_header_line_bytes: 5,
+        ..Limits::default()
+    };
+    let ok = assert_split_independent(b"SEND\na:bcd\r\n\n\0", limits).unwrap();
+    assert!(matches!(&ok[0], Item::Frame(f) if f.header("a") == Some("bcd")));
+    assert_eq!(
+        assert_split_independent(b"SEND\na:bcd\rx\n\n\0", limits),
+        Err(DecodeError::HeaderLineTooLong { limit: 5 })
+    );
+}
+
+#[test]
+fn limits_frame_of_exactly_max_bytes_is_accepted() {
+    // 16 bytes including the NUL, with and without content-length.
+    let limits = Limits {
+        max_frame_bytes: 16,
+        ..Limits::default()
+    };
+    let input = b"SEND\nx:y\n\nabcde\0";
+    assert_eq!(input.len(), 16);
+    assert!(assert_split_independent(input, limits).is_ok());
+    assert!(assert_split_independent(b"SEND\nx:y\n\nabcdef\0", limits).is_err());
+    let input = b"SEND\ncontent-length:1\n\na\0";
+    let limits = Limits {
+        max_frame_bytes: input.len(),
+        ..Limits::default()
+    };
+    assert!(assert_split_independent(input, limits).is_ok());
+    assert_eq!(
+        assert_split_independent(b"SEND\ncontent-length:2\n\nab\0", limits),
+        Err(DecodeError::FrameTooLarge { limit: input.len() })
+    );
 }
