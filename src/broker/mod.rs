@@ -184,7 +184,9 @@ impl Broker {
     /// Hands unacknowledged queue messages back (NACK, or their subscriber
     /// left): redelivered with `redelivered:true` before newer messages. The
     /// hold bound does not apply: these were already accepted.
-    pub fn requeue(&self, key: &str, msgs: Vec<Arc<SharedMessage>>) {
+    /// `avoid` (connection id, subscription id) names a subscriber that
+    /// rejected them: it gets them again only when it is the only one.
+    pub fn requeue(&self, key: &str, msgs: Vec<Arc<SharedMessage>>, avoid: Option<(&str, &str)>) {
         if msgs.is_empty() {
             return;
         }
@@ -195,7 +197,7 @@ impl Broker {
                 msg,
                 redelivered: true,
             };
-            if let Err(h) = dispatch(q, h) {
+            if let Err(h) = dispatch_avoiding(q, h, avoid) {
                 q.held.push_back(h);
             }
         }
@@ -214,9 +216,17 @@ impl Broker {
 /// Tries the queue's subscribers round-robin; gives the message back when
 /// none can take it.
 fn dispatch(q: &mut QueueState, h: Held) -> Result<(), Held> {
+    dispatch_avoiding(q, h, None)
+}
+
+fn dispatch_avoiding(q: &mut QueueState, h: Held, avoid: Option<(&str, &str)>) -> Result<(), Held> {
     let n = q.subs.len();
+    let skip = |s: &Subscriber| n > 1 && avoid.is_some_and(|(c, id)| s.is(c, id));
     for i in 0..n {
         let idx = (q.next + i) % n;
+        if skip(&q.subs[idx]) {
+            continue;
+        }
         if deliver(&q.subs[idx], &h.msg, true, h.redelivered).is_ok() {
             q.next = (idx + 1) % n;
             metrics::counter!(crate::metrics::names::DELIVERIES).increment(1);

@@ -88,6 +88,8 @@ struct AppError {
 enum Outcome {
     /// Done; send the RECEIPT if one was asked for.
     Done,
+    /// Done, and the RECEIPT (if any) was already queued.
+    Answered,
     /// Refused as an application error (no RECEIPT).
     Refused(AppError),
     /// DISCONNECT: already answered, stop.
@@ -304,6 +306,7 @@ impl Session {
                 }
                 Flow::Continue
             }
+            Ok(Outcome::Answered) => Flow::Continue,
             Ok(Outcome::Refused(e)) => {
                 self.app_error(e, receipt.as_deref());
                 Flow::Continue
@@ -674,6 +677,10 @@ impl Session {
             }
             (dest.clone(), kind)
         };
+        // The RECEIPT goes out before messages a queue was holding.
+        if let Some(r) = frame.header(header::RECEIPT) {
+            self.push(frames::receipt(self.conn.version(), r));
+        }
         let sub_id: Arc<str> = id.as_str().into();
         self.subs.insert(
             id,
@@ -693,7 +700,7 @@ impl Session {
                 ack,
             },
         );
-        Ok(Outcome::Done)
+        Ok(Outcome::Answered)
     }
 
     fn unsubscribe(&mut self, id: &str) {
@@ -706,7 +713,7 @@ impl Session {
         let pending = self.conn.drain_pending(Some(id));
         if sub.kind == Kind::Queue {
             let msgs = pending.into_iter().filter_map(|p| p.queued).collect();
-            self.shared.broker.requeue(&sub.key, msgs);
+            self.shared.broker.requeue(&sub.key, msgs, None);
         }
         tracing::trace!(session = %self.conn.id, destination = %sub.destination, "unsubscribed");
     }
@@ -726,14 +733,17 @@ impl Session {
                 )
             })?;
         if frame.command == Command::Nack {
-            let mut by_key: HashMap<String, Vec<Arc<SharedMessage>>> = HashMap::new();
+            let mut by_sub: HashMap<Arc<str>, Vec<Arc<SharedMessage>>> = HashMap::new();
             for (_, p) in acked {
-                if let (Some(msg), Some(sub)) = (p.queued, self.subs.get(&*p.subscription)) {
-                    by_key.entry(sub.key.clone()).or_default().push(msg);
+                if let Some(msg) = p.queued {
+                    by_sub.entry(p.subscription).or_default().push(msg);
                 }
             }
-            for (key, msgs) in by_key {
-                self.shared.broker.requeue(&key, msgs);
+            for (sub_id, msgs) in by_sub {
+                if let Some(sub) = self.subs.get(&*sub_id) {
+                    let avoid = Some((&*self.conn.id, &*sub_id));
+                    self.shared.broker.requeue(&sub.key, msgs, avoid);
+                }
             }
         }
         Ok(())
