@@ -16,7 +16,9 @@ use stompline::store::{
 };
 use time::OffsetDateTime;
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+#[path = "support/pg.rs"]
+mod pg;
+use pg::PgDatabase;
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -40,23 +42,12 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let admin_url = std::env::var("STOMPLINE_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_string());
-    let Some(admin) = admin_connection(&admin_url).await else {
+    let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let name = format!("stompline_test_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("CREATE DATABASE");
-
-    let url = with_database(&admin_url, &name);
     let scratch = tempfile::tempdir().expect("tempdir");
     let outcome = async {
-        let store = store::open(&url, scratch.path(), 4)
+        let store = store::open(&db.url, scratch.path(), 4)
             .await
             .expect("open postgres");
         store.migrate().await.expect("migrate postgres");
@@ -65,50 +56,10 @@ where
         tokio::spawn(check(store)).await
     }
     .await;
-
-    if let Err(e) = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-    {
-        eprintln!("note: could not drop test database {name}: {e}");
-    }
+    db.drop_database().await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
-}
-
-async fn admin_connection(url: &str) -> Option<tokio_postgres::Client> {
-    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    let failure = match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok((client, connection))) => {
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            return Some(client);
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_string(),
-    };
-    if std::env::var("STOMPLINE_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("PostgreSQL at {url} is required (STOMPLINE_REQUIRE_SERVICES=1) but unreachable: {failure}");
-    }
-    eprintln!(
-        "SKIPPED: PostgreSQL at {url} unreachable ({failure}); set STOMPLINE_TEST_POSTGRES_URL"
-    );
-    None
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    format!("{}/{db}{query}", &base[..path_start])
 }
 
 /// Declares each check as a SQLite test and a `pg_` PostgreSQL test.
@@ -570,15 +521,15 @@ async fn unreachable_postgres_reports_unavailable() {
 #[test]
 fn database_name_is_replaced_in_urls() {
     assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
+        pg::with_database("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
         "postgres://postgres@127.0.0.1:5432/t1"
     );
     assert_eq!(
-        with_database("postgresql://u:p@h/db?sslmode=disable", "t1"),
+        pg::with_database("postgresql://u:p@h/db?sslmode=disable", "t1"),
         "postgresql://u:p@h/t1?sslmode=disable"
     );
     assert_eq!(
-        with_database("postgres://h:5432", "t1"),
+        pg::with_database("postgres://h:5432", "t1"),
         "postgres://h:5432/t1"
     );
 }
