@@ -192,6 +192,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// The next accepted connection, or `None` once shutdown began. Accept
+/// errors (e.g. out of file descriptors) are logged and retried after a
+/// short pause instead of ending the listener.
+async fn next_connection(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 async fn accept_http(
     listener: TcpListener,
     router: Router,
@@ -204,16 +225,8 @@ async fn accept_http(
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(64 * 1024);
     loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some(stream) = next_connection(&listener, &shutdown).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
@@ -246,16 +259,8 @@ async fn accept_stomp(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some(stream) = next_connection(&listener, &shutdown).await else {
+            break;
         };
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::{labels, names};
 use crate::stomp::connection::{Connection, Out};
@@ -128,4 +129,56 @@ pub(crate) fn count_out(item: &Out) {
         Out::Control { .. } | Out::Close { .. } => return,
     };
     metrics::counter!(names::FRAMES_OUT, labels::COMMAND => command).increment(1);
+}
+
+/// How a transport lays frames out on the wire.
+pub(crate) trait Framing {
+    /// Appends one STOMP frame given in parts (a MESSAGE is head + shared).
+    fn frame(buf: &mut BytesMut, parts: &[&[u8]]);
+    /// Appends a heart-beat.
+    fn heartbeat(buf: &mut BytesMut);
+    /// Appends a transport control frame (WebSocket pong); may ignore it.
+    fn control(buf: &mut BytesMut, opcode: u8, payload: &[u8]);
+    /// Appends whatever ends the stream (WebSocket close frame).
+    fn close(buf: &mut BytesMut, code: u16);
+}
+
+/// The writer task: takes everything queued, lays the burst out in one
+/// buffer, writes it with one call, and sends heart-beats when the queue
+/// stayed empty for the negotiated interval.
+pub(crate) async fn write_loop<F: Framing>(mut w: impl AsyncWrite + Unpin, conn: Arc<Connection>) {
+    let mut items = Vec::new();
+    let mut buf = BytesMut::new();
+    loop {
+        let hb = conn.heartbeat_send_ms();
+        let idle = (hb > 0).then(|| Duration::from_millis(hb));
+        if !conn.take_batch(&mut items, idle).await {
+            F::heartbeat(&mut buf);
+        }
+        let mut close = false;
+        for item in items.drain(..) {
+            count_out(&item);
+            match item {
+                Out::Frame(b) => F::frame(&mut buf, &[&b]),
+                Out::Message { head, shared } => F::frame(&mut buf, &[&head, &shared]),
+                Out::Control { opcode, payload } => F::control(&mut buf, opcode, &payload),
+                Out::Close { close_code } => {
+                    F::close(&mut buf, close_code);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !buf.is_empty() && w.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > 64 * 1024 {
+            buf = BytesMut::new();
+        }
+        if close {
+            let _ = w.shutdown().await;
+            return;
+        }
+    }
 }

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
-use super::{count_out, drive, join_writer, new_connection, Chunk, Reader};
+use super::{drive, join_writer, new_connection, write_loop, Chunk, Framing, Reader};
 use crate::metrics::{labels, names};
-use crate::stomp::connection::{Connection, Out};
 use crate::stomp::{frames, Session, Shared, TransportKind};
 
 struct TcpReader {
@@ -46,7 +45,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let (r, w) = stream.into_split();
     let conn = new_connection(&shared);
     metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "tcp").increment(1.0);
-    let writer = tokio::spawn(write_loop(w, conn.clone()));
+    let writer = tokio::spawn(write_loop::<Raw>(w, conn.clone()));
     let session = Session::new(shared.clone(), conn, TransportKind::Tcp);
     let reader = TcpReader {
         r,
@@ -72,41 +71,21 @@ pub async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
-async fn write_loop(mut w: OwnedWriteHalf, conn: Arc<Connection>) {
-    let mut items = Vec::new();
-    let mut buf = BytesMut::new();
-    loop {
-        let hb = conn.heartbeat_send_ms();
-        let idle = (hb > 0).then(|| Duration::from_millis(hb));
-        if !conn.take_batch(&mut items, idle).await {
-            buf.put_slice(stomp_codec::HEARTBEAT);
-        }
-        let mut close = false;
-        for item in items.drain(..) {
-            count_out(&item);
-            match item {
-                Out::Frame(b) => buf.put_slice(&b),
-                Out::Message { head, shared } => {
-                    buf.put_slice(&head);
-                    buf.put_slice(&shared);
-                }
-                Out::Control { .. } => {}
-                Out::Close { .. } => {
-                    close = true;
-                    break;
-                }
-            }
-        }
-        if !buf.is_empty() && w.write_all(&buf).await.is_err() {
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > 64 * 1024 {
-            buf = BytesMut::new();
-        }
-        if close {
-            let _ = w.shutdown().await;
-            return;
+/// Raw STOMP frames back to back.
+struct Raw;
+
+impl Framing for Raw {
+    fn frame(buf: &mut BytesMut, parts: &[&[u8]]) {
+        for p in parts {
+            buf.put_slice(p);
         }
     }
+
+    fn heartbeat(buf: &mut BytesMut) {
+        buf.put_slice(stomp_codec::HEARTBEAT);
+    }
+
+    fn control(_: &mut BytesMut, _: u8, _: &[u8]) {}
+
+    fn close(_: &mut BytesMut, _: u16) {}
 }

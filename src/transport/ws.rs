@@ -6,7 +6,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,10 +17,10 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use stomp_codec::Version;
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::ReadHalf;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{count_out, drive, join_writer, new_connection, Chunk, Reader};
+use super::{drive, join_writer, new_connection, write_loop, Chunk, Framing, Reader};
 use crate::metrics::{labels, names};
 use crate::stomp::connection::{Connection, Out};
 use crate::stomp::{Session, Shared, TransportKind};
@@ -166,7 +165,7 @@ async fn serve(
     );
     let conn = new_connection(&shared);
     metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "ws").increment(1.0);
-    let writer = tokio::spawn(write_loop(w, conn.clone()));
+    let writer = tokio::spawn(write_loop::<WsFrames>(w, conn.clone()));
     let transport = TransportKind::WebSocket {
         subprotocol,
         access_token,
@@ -191,73 +190,31 @@ fn put_ws_head(buf: &mut BytesMut, opcode: u8, len: usize) {
     }
 }
 
-/// Text when the frame is UTF-8 (what browsers' STOMP clients expect),
-/// binary otherwise.
-fn data_opcode(parts: &[&[u8]]) -> u8 {
-    let utf8 = match parts {
-        [one] => std::str::from_utf8(one).is_ok(),
-        // The head is ASCII-safe header text; the shared part decides.
-        [head, rest] => std::str::from_utf8(head).is_ok() && std::str::from_utf8(rest).is_ok(),
-        _ => false,
-    };
-    if utf8 {
-        OpCode::Text as u8
-    } else {
-        OpCode::Binary as u8
-    }
-}
+/// One WebSocket message per STOMP frame: text when the frame is UTF-8
+/// (what browsers' STOMP clients expect), binary otherwise.
+struct WsFrames;
 
-async fn write_loop(mut w: WriteHalf<Stream>, conn: Arc<Connection>) {
-    let mut items = Vec::new();
-    let mut buf = BytesMut::new();
-    loop {
-        let hb = conn.heartbeat_send_ms();
-        let idle = (hb > 0).then(|| Duration::from_millis(hb));
-        if !conn.take_batch(&mut items, idle).await {
-            put_ws_head(&mut buf, OpCode::Text as u8, 1);
-            buf.put_slice(stomp_codec::HEARTBEAT);
+impl Framing for WsFrames {
+    fn frame(buf: &mut BytesMut, parts: &[&[u8]]) {
+        let utf8 = parts.iter().all(|p| std::str::from_utf8(p).is_ok());
+        let opcode = if utf8 { OpCode::Text } else { OpCode::Binary };
+        put_ws_head(buf, opcode as u8, parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            buf.put_slice(p);
         }
-        let mut close = None;
-        for item in items.drain(..) {
-            count_out(&item);
-            match item {
-                Out::Frame(b) => {
-                    put_ws_head(&mut buf, data_opcode(&[&b]), b.len());
-                    buf.put_slice(&b);
-                }
-                Out::Message { head, shared } => {
-                    put_ws_head(
-                        &mut buf,
-                        data_opcode(&[&head, &shared]),
-                        head.len() + shared.len(),
-                    );
-                    buf.put_slice(&head);
-                    buf.put_slice(&shared);
-                }
-                Out::Control { opcode, payload } => {
-                    put_ws_head(&mut buf, opcode, payload.len());
-                    buf.put_slice(&payload);
-                }
-                Out::Close { close_code } => {
-                    close = Some(close_code);
-                    break;
-                }
-            }
-        }
-        if let Some(code) = close {
-            put_ws_head(&mut buf, OpCode::Close as u8, 2);
-            buf.put_u16(code);
-        }
-        if !buf.is_empty() && w.write_all(&buf).await.is_err() {
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > 64 * 1024 {
-            buf = BytesMut::new();
-        }
-        if close.is_some() {
-            let _ = w.shutdown().await;
-            return;
-        }
+    }
+
+    fn heartbeat(buf: &mut BytesMut) {
+        Self::frame(buf, &[stomp_codec::HEARTBEAT]);
+    }
+
+    fn control(buf: &mut BytesMut, opcode: u8, payload: &[u8]) {
+        put_ws_head(buf, opcode, payload.len());
+        buf.put_slice(payload);
+    }
+
+    fn close(buf: &mut BytesMut, code: u16) {
+        put_ws_head(buf, OpCode::Close as u8, 2);
+        buf.put_u16(code);
     }
 }

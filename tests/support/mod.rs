@@ -245,17 +245,20 @@ impl Client {
         if let Some(f) = self.stash.pop_front() {
             return Some(f);
         }
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match self.item().await {
-                    Some(Item::Frame(f)) => return Some(f),
-                    Some(Item::HeartBeat) => self.heartbeats += 1,
-                    None => return None,
-                }
+        tokio::time::timeout(WAIT, self.read_frame())
+            .await
+            .expect("timed out waiting for a frame")
+    }
+
+    /// The next frame off the wire (not the stash); heart-beats are counted.
+    async fn read_frame(&mut self) -> Option<Frame> {
+        loop {
+            match self.item().await {
+                Some(Item::Frame(f)) => return Some(f),
+                Some(Item::HeartBeat) => self.heartbeats += 1,
+                None => return None,
             }
-        })
-        .await
-        .expect("timed out waiting for a frame")
+        }
     }
 
     pub async fn frame(&mut self) -> Frame {
@@ -289,17 +292,7 @@ impl Client {
 
     /// True when nothing but heart-beats arrives within `d`.
     pub async fn quiet_for(&mut self, d: Duration) -> bool {
-        tokio::time::timeout(d, async {
-            loop {
-                match self.item().await {
-                    Some(Item::HeartBeat) => self.heartbeats += 1,
-                    Some(Item::Frame(f)) => return Some(f),
-                    None => return None,
-                }
-            }
-        })
-        .await
-        .is_err()
+        self.stash.is_empty() && tokio::time::timeout(d, self.read_frame()).await.is_err()
     }
 
     /// CONNECT with username/password; returns CONNECTED.
@@ -336,18 +329,10 @@ impl Client {
         self.send(f.as_bytes()).await;
         let mut held = Vec::new();
         loop {
-            let f = tokio::time::timeout(WAIT, async {
-                loop {
-                    match self.item().await {
-                        Some(Item::Frame(f)) => return Some(f),
-                        Some(Item::HeartBeat) => self.heartbeats += 1,
-                        None => return None,
-                    }
-                }
-            })
-            .await
-            .expect("timed out waiting for a receipt")
-            .expect("closed while waiting for a receipt");
+            let f = tokio::time::timeout(WAIT, self.read_frame())
+                .await
+                .expect("timed out waiting for a receipt")
+                .expect("closed while waiting for a receipt");
             if f.command == Command::Receipt && f.header("receipt-id") == Some("send") {
                 break;
             }
