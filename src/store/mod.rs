@@ -10,6 +10,7 @@
 //! [`now`] gives a value that survives a round trip through either backend
 //! unchanged.
 
+pub mod chat;
 pub mod postgres;
 pub mod sqlite;
 
