@@ -1,0 +1,122 @@
+//! Many authenticated sessions, each subscribed to its own destination and
+//! then silent: what one costs the server in resident memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::report::{note_error, Report};
+use crate::run::connect_many;
+use crate::usage::{rss_kib, CpuSample};
+use crate::Settings;
+
+/// `idle` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdleArgs {
+    /// Sessions to open.
+    #[arg(long, default_value_t = 5000)]
+    pub sessions: usize,
+    /// Seconds to wait after the last session subscribed before reading RSS.
+    #[arg(long, default_value_t = 5.0)]
+    pub settle: f64,
+    /// Seconds to keep the sessions open after the reading.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
+}
+
+/// Runs the scenario.
+pub async fn run(s: &Settings, a: &IdleArgs) -> Result<Report> {
+    let prefix = format!("/topic/bench.idle.{}", crate::run_id());
+    let rss_before = s.server_pid.and_then(rss_kib);
+    let cpu0 = CpuSample::take(s.server_pid);
+    let started = Instant::now();
+    let conns = connect_many(&s.endpoint, a.sessions, s.parallel, move |i, mut c| {
+        let dest = format!("{prefix}.{i}");
+        async move {
+            c.subscribe("0", &dest).await?;
+            Ok(c)
+        }
+    })
+    .await;
+    let connect_s = started.elapsed().as_secs_f64();
+    let cpu1 = CpuSample::take(s.server_pid);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let closed = Arc::new(AtomicU64::new(0));
+    let mut errors = Vec::new();
+    let mut failed = 0u64;
+    let mut holders = Vec::new();
+    for c in conns {
+        match c {
+            Ok(mut conn) => {
+                let mut stop = stop_rx.clone();
+                let closed = closed.clone();
+                holders.push(tokio::spawn(async move {
+                    // Read (and drop) whatever comes so a close is noticed.
+                    loop {
+                        tokio::select! {
+                            _ = stop.changed() => break,
+                            f = conn.reader.next_frame() => if !matches!(f, Ok(Some(_))) {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                    drop(conn);
+                }));
+            }
+            Err(e) => {
+                failed += 1;
+                note_error(&mut errors, &format!("{e:#}"));
+            }
+        }
+    }
+    let connected = holders.len() as u64;
+    tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
+    let rss_after = s.server_pid.and_then(rss_kib);
+    let cpu2 = CpuSample::take(s.server_pid);
+    if a.hold > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
+    }
+    let closed_early = closed.load(Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for h in holders {
+        let _ = h.await;
+    }
+
+    let per_session = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) / connected as f64),
+        _ => None,
+    };
+    Ok(Report {
+        scenario: "idle".into(),
+        label: s.label.clone(),
+        target: s.endpoint.target.url.clone(),
+        params: json!({ "sessions": a.sessions, "settle_s": a.settle, "parallel": s.parallel,
+                        "source_addresses": s.endpoint.sources.len().max(1) }),
+        measured_s: connect_s,
+        deliveries_per_s: None,
+        published_per_s: None,
+        latency_ms: None,
+        deliveries: None,
+        max_send_lag_ms: None,
+        stalled: false,
+        cpu: cpu0.until(&cpu1),
+        extra: json!({
+            "connected": connected,
+            "failed": failed,
+            "errors": errors,
+            "closed_by_server": closed_early,
+            "connect_s": connect_s,
+            "sessions_per_s": connected as f64 / connect_s.max(1e-9),
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+            "rss_per_session_kib": per_session,
+            "idle_cpu": cpu1.until(&cpu2),
+        }),
+    })
+}
