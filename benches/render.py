@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Turns stompline-loadgen JSON lines (one report per run) into Markdown
+tables, pairing each stompline run with the RabbitMQ run of the same
+scenario and transport and giving the ratio ours/theirs."""
+
+import json
+import sys
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return "–"
+    return f"{a / b:.2f}x"
+
+
+def cpu(r):
+    c = r["cpu"]
+    return fmt(c["client_pct"], 0) + " %", fmt(c.get("server_pct"), 0) + " %"
+
+
+def split(label):
+    server, _, transport = label.partition("/")
+    return server, transport
+
+
+def main(path):
+    runs = [json.loads(line) for line in open(path) if line.strip()]
+    by = {}
+    for r in runs:
+        server, transport = split(r["label"])
+        key = (r["scenario"], transport)
+        if r["scenario"] == "idle":
+            key += (r["params"]["sessions"],)
+        by.setdefault(key, {}).setdefault(server, []).append(r)
+
+    out = []
+    for (scenario, transport, *rest), servers in sorted(by.items(), key=lambda kv: str(kv[0])):
+        ours = (servers.get("stompline") or [None])[-1]
+        theirs = (servers.get("rabbitmq") or [None])[-1]
+        pair = [("stompline", ours), ("rabbitmq", theirs)]
+        if scenario in ("fanout", "pairs"):
+            p = (ours or theirs)["params"]
+            if scenario == "fanout":
+                title = (f"fanout over {transport}: 1 publisher → {p['subscribers']} subscribers, "
+                         f"{p['size']}-byte bodies, window {p['window']} (credit: {p['credit']}), "
+                         f"{p['duration_s']:.0f} s measured")
+            else:
+                title = (f"pairs over {transport}: {p['pairs']} pairs × {p['rate_per_pair']:.0f} msg/s, "
+                         f"{p['size']}-byte bodies, {p['duration_s']:.0f} s measured")
+            out += [f"### {title}", "",
+                    "| server | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost / dup / reordered | max send lag ms | client CPU | server CPU |",
+                    "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+            for name, r in pair:
+                if r is None:
+                    continue
+                l = r.get("latency_ms") or {}
+                d = r.get("deliveries") or {}
+                c, s = cpu(r)
+                out.append(
+                    f"| {name} | {fmt(r.get('deliveries_per_s'))} | {fmt(l.get('p50'), 3)} | "
+                    f"{fmt(l.get('p99'), 3)} | {fmt(l.get('p999'), 3)} | {fmt(l.get('max'), 1)} | "
+                    f"{d.get('lost')} / {d.get('duplicates')} / {d.get('reordered')}"
+                    f"{' (' + '; '.join(d['errors']) + ')' if d.get('errors') else ''}"
+                    f"{' STALLED' if r.get('stalled') else ''} | "
+                    f"{fmt(r.get('max_send_lag_ms'), 1)} | {c} | {s} |")
+            if ours and theirs:
+                lo, lt = ours.get("latency_ms") or {}, theirs.get("latency_ms") or {}
+                out.append(
+                    f"| **ours/theirs** | **{ratio(ours.get('deliveries_per_s'), theirs.get('deliveries_per_s'))}** | "
+                    f"{ratio(lo.get('p50'), lt.get('p50'))} | **{ratio(lo.get('p99'), lt.get('p99'))}** | "
+                    f"{ratio(lo.get('p999'), lt.get('p999'))} | | | | | |")
+            out.append("")
+        elif scenario == "pairs-search":
+            p = (ours or theirs)["params"]
+            out += [f"### highest per-pair rate with p99 < {p['p99_bound_ms']:.0f} ms over {transport}: "
+                    f"{p['pairs']} pairs, {p['size']}-byte bodies, {p['step_s']:.0f} s per step", "",
+                    "| server | max msg/s per pair | total msg/s | p50 ms | p99 ms at that rate | client CPU | server CPU | steps (rate: p99 ms, pass) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---|"]
+            for name, r in pair:
+                if r is None:
+                    continue
+                e = r["extra"]
+                l = r.get("latency_ms") or {}
+                c, s = cpu(r)
+                steps = ", ".join(
+                    f"{st['rate_per_pair']:.0f}: {fmt(st['p99_ms'], 2)}{'' if st['pass'] else ' ✗'}"
+                    for st in e["steps"])
+                top = e.get("max_rate_per_pair")
+                total = top * p["pairs"] if top else None
+                out.append(f"| {name} | {fmt(top, 0)} | {fmt(total, 0)} | {fmt(l.get('p50'), 3)} | "
+                           f"{fmt(l.get('p99'), 3)} | {c} | {s} | {steps} |")
+            if ours and theirs:
+                out.append(f"| **ours/theirs** | **{ratio(ours['extra'].get('max_rate_per_pair'), theirs['extra'].get('max_rate_per_pair'))}** | | | | | | |")
+            out.append("")
+        elif scenario == "idle":
+            n = rest[0]
+            out += [f"### idle over {transport}: {n:,} sessions requested, each subscribed to its own destination", "",
+                    "| server | connected | failed | RSS before MiB | RSS after MiB | **KiB per session** | connect s | sessions/s | client CPU (connect) | server CPU (connect) | server CPU (idle) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for name, r in pair:
+                if r is None:
+                    continue
+                e = r["extra"]
+                c, s = cpu(r)
+                mib = lambda k: fmt(e[k] / 1024, 1) if e.get(k) is not None else "–"
+                idle_s = e["idle_cpu"].get("server_pct")
+                errs = f" ({'; '.join(e['errors'])})" if e.get("errors") else ""
+                out.append(f"| {name} | {fmt(e['connected'])} | {fmt(e['failed'])}{errs} | {mib('rss_before_kib')} | "
+                           f"{mib('rss_after_kib')} | **{fmt(e.get('rss_per_session_kib'), 1)}** | "
+                           f"{fmt(e['connect_s'], 1)} | {fmt(e['sessions_per_s'], 0)} | {c} | {s} | {fmt(idle_s, 1)} % |")
+            if ours and theirs:
+                out.append(f"| **ours/theirs** | | | | | **{ratio(ours['extra'].get('rss_per_session_kib'), theirs['extra'].get('rss_per_session_kib'))}** | | | | | |")
+            out.append("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

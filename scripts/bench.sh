@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of stompline and RabbitMQ Web-STOMP on this machine,
+# with benches/loadgen (stompline-loadgen). Loopback only.
+#
+#   scripts/bench.sh [SCENARIO...]
+#
+# SCENARIO: fanout fanout-tcp pairs search idle (default: all of them).
+# Builds release binaries, starts stompline on ephemeral ports with a
+# temporary data dir, makes sure RabbitMQ's rabbitmq_stomp and
+# rabbitmq_web_stomp plugins are on (STOMP 127.0.0.1:61614, Web-STOMP
+# 127.0.0.1:15674), runs each scenario against both servers back to back,
+# and writes $BENCH_OUT/results.jsonl (one JSON report per run) and
+# $BENCH_OUT/results.md (the tables with ratios ours/theirs).
+#
+# Environment:
+#   BENCH_OUT            output directory (default target/bench)
+#   BENCH_IDLE_SESSIONS  idle session counts (default "5000 50000"; counts
+#                        above what the open-file hard limit allows are
+#                        lowered to fit, and the report says so)
+#   BENCH_FANOUT_SECS, BENCH_PAIRS_SECS, BENCH_STEP_SECS  measured seconds
+#   RMQ_STOMP_PORT, RMQ_WS_PORT  RabbitMQ plugin ports (61614, 15674)
+#
+# Changes RabbitMQ's configuration when needed: appends the two listener
+# ports to /etc/rabbitmq/rabbitmq.conf, enables the plugins, and restarts
+# the node once with its open-file soft limit raised to the hard limit
+# (the default 1024 cannot hold thousands of sessions). AMQP on 5672 is
+# back as soon as the restart returns.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${BENCH_OUT:-$ROOT/target/bench}
+RMQ_STOMP_PORT=${RMQ_STOMP_PORT:-61614}
+RMQ_WS_PORT=${RMQ_WS_PORT:-15674}
+FANOUT_SECS=${BENCH_FANOUT_SECS:-10}
+PAIRS_SECS=${BENCH_PAIRS_SECS:-15}
+STEP_SECS=${BENCH_STEP_SECS:-6}
+IDLE_SESSIONS=${BENCH_IDLE_SESSIONS:-"5000 50000"}
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-tcp pairs search idle)
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+wants() { local s; for s in "${SCENARIOS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+mkdir -p "$OUT"
+JSON=$OUT/results.jsonl
+: >"$JSON"
+
+log "building release binaries"
+cargo build --release --quiet --bin stompline -p stompline -p stompline-loadgen
+LOADGEN=$ROOT/target/release/stompline-loadgen
+STOMPLINE=$ROOT/target/release/stompline
+
+# The load generator and both servers raise their soft limit to this.
+NOFILE=$(ulimit -Hn)
+ulimit -n "$NOFILE"
+
+# --- stompline -----------------------------------------------------------------
+
+SL_PID=
+SL_DIR=
+stompline_stop() {
+    if [ -n "$SL_PID" ]; then
+        kill "$SL_PID" 2>/dev/null || true
+        wait "$SL_PID" 2>/dev/null || true
+        SL_PID=
+    fi
+}
+cleanup() {
+    stompline_stop
+    [ -n "$SL_DIR" ] && rm -rf "$SL_DIR"
+}
+trap cleanup EXIT
+
+# Starts a fresh stompline (new data dir) and registers the bench user.
+stompline_start() {
+    stompline_stop
+    [ -n "$SL_DIR" ] && rm -rf "$SL_DIR"
+    SL_DIR=$(mktemp -d /tmp/stompline-bench.XXXXXX)
+    # One bench user holds every session, so its per-user cap is raised;
+    # the per-connection inbound rate limit would throttle the max-rate
+    # publisher, so it is off (RabbitMQ has none either).
+    STOMPLINE_STOMP__MAX_CONNECTIONS_PER_USER=200000 \
+        STOMPLINE_STOMP__MAX_CONNECTIONS=200000 \
+        STOMPLINE_STOMP__INBOUND_FRAMES_PER_SEC=0 \
+        STOMPLINE_AUTH__ACCESS_TOKEN_TTL_SECS=86400 \
+        RUST_LOG=warn,stompline=info \
+        "$STOMPLINE" serve --http-addr 127.0.0.1:0 --stomp-addr 127.0.0.1:0 \
+        --data-dir "$SL_DIR" 2>"$OUT/stompline.log" &
+    SL_PID=$!
+    local line= i
+    for i in $(seq 1 100); do
+        line=$(grep -m1 'listening' "$OUT/stompline.log" || true)
+        [ -n "$line" ] && break
+        sleep 0.1
+    done
+    [ -n "$line" ] || { log "stompline did not start"; cat "$OUT/stompline.log" >&2; exit 1; }
+    SL_HTTP=$(sed -E 's/.*http=([0-9.:]+).*/\1/' <<<"$line")
+    SL_STOMP=$(sed -E 's/.*stomp=([0-9.:]+).*/\1/' <<<"$line")
+    SL_TOKEN=$(curl -fsS -X POST "http://$SL_HTTP/api/auth/register" \
+        -H 'content-type: application/json' \
+        -d '{"username":"bench","password":"bench-password-1"}' | jq -r .accessToken)
+    log "stompline pid $SL_PID http=$SL_HTTP stomp=$SL_STOMP"
+}
+
+# --- RabbitMQ ------------------------------------------------------------------
+
+rmq_pid() { rabbitmqctl eval 'os:getpid().' 2>/dev/null | tr -d '"'; }
+
+rabbitmq_prepare() {
+    local conf=/etc/rabbitmq/rabbitmq.conf restart=0 pid soft
+    if ! grep -q '^stomp.listeners.tcp.1' "$conf" 2>/dev/null; then
+        printf '%s\n' '# STOMP and Web-STOMP for stompline benchmarks (ports apart from stompline defaults)' \
+            "stomp.listeners.tcp.1 = 127.0.0.1:$RMQ_STOMP_PORT" \
+            "web_stomp.tcp.ip = 127.0.0.1" "web_stomp.tcp.port = $RMQ_WS_PORT" >>"$conf"
+        restart=1
+    fi
+    if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_web_stomp; then
+        rabbitmq-plugins enable --offline rabbitmq_stomp rabbitmq_web_stomp >/dev/null
+        restart=1
+    fi
+    pid=$(rmq_pid)
+    soft=$(awk '/Max open files/{print $4}' "/proc/$pid/limits" 2>/dev/null || echo 0)
+    [ "${soft:-0}" -lt "$NOFILE" ] && restart=1
+    if [ "$restart" = 1 ]; then
+        log "restarting RabbitMQ (plugins, ports, open-file limit $NOFILE)"
+        rabbitmqctl stop >/dev/null 2>&1 || true
+        /etc/init.d/rabbitmq-server start >/dev/null
+        rabbitmqctl await_startup >/dev/null
+    fi
+    RMQ_PID=$(rmq_pid)
+    log "rabbitmq pid $RMQ_PID stomp=127.0.0.1:$RMQ_STOMP_PORT web-stomp=127.0.0.1:$RMQ_WS_PORT"
+}
+
+# --- runs ----------------------------------------------------------------------
+
+# ours|theirs TRANSPORT LOADGEN-ARGS...
+run() {
+    local who=$1 transport=$2
+    shift 2
+    local url pass login pid label
+    if [ "$who" = ours ]; then
+        label=stompline login=bench pass=$SL_TOKEN pid=$SL_PID
+        if [ "$transport" = ws ]; then url="ws://$SL_HTTP/ws"; else url="tcp://$SL_STOMP"; fi
+    else
+        label=rabbitmq login=guest pass=guest pid=$RMQ_PID
+        if [ "$transport" = ws ]; then url="ws://127.0.0.1:$RMQ_WS_PORT/ws"; else url="tcp://127.0.0.1:$RMQ_STOMP_PORT"; fi
+    fi
+    log "$label/$transport: $*"
+    LOADGEN_PASSCODE=$pass "$LOADGEN" --url "$url" --login "$login" --server-pid "$pid" \
+        --label "$label/$transport" --json "$JSON" "$@" >/dev/null
+}
+
+stompline_start
+rabbitmq_prepare
+
+for t in ws tcp; do
+    scenario=fanout
+    [ "$t" = tcp ] && scenario=fanout-tcp
+    wants "$scenario" || continue
+    for who in ours theirs; do
+        run "$who" "$t" fanout --subscribers 100 --size 100 --window 10 --duration "$FANOUT_SECS"
+    done
+done
+
+if wants pairs; then
+    for who in ours theirs; do
+        run "$who" ws pairs --pairs 200 --rate 50 --size 100 --duration "$PAIRS_SECS"
+    done
+fi
+
+if wants search; then
+    for who in ours theirs; do
+        run "$who" ws pairs-search --pairs 200 --rate 50 --size 100 --p99-ms 10 \
+            --duration "$STEP_SECS" --warmup 1 --drain 3 --refine 3
+    done
+fi
+
+if wants idle; then
+    # Each session is one socket on each side; both processes share the
+    # open-file hard limit, which caps the count on this machine.
+    max_sessions=$((NOFILE - 1000))
+    for n in $IDLE_SESSIONS; do
+        if [ "$n" -gt "$max_sessions" ]; then
+            log "idle: $n sessions do not fit the open-file hard limit $NOFILE; running $max_sessions"
+            n=$max_sessions
+        fi
+        stompline_start # a fresh process, so earlier runs' freed memory does not hide growth
+        sleep 1
+        run ours ws idle --sessions "$n" --source-count 4 --parallel 64 --settle 5
+        run theirs ws idle --sessions "$n" --source-count 4 --parallel 64 --settle 5
+    done
+fi
+
+stompline_stop
+python3 "$ROOT/benches/render.py" "$JSON" >"$OUT/results.md"
+log "wrote $OUT/results.md and $JSON"
+cat "$OUT/results.md"
