@@ -38,6 +38,19 @@ pub mod names {
     /// `headers`, `subscriptions`, `connections`, `connections_per_user`,
     /// `inbound_rate`, `chat_rate`, `queue_hold`, …).
     pub const LIMITS_HIT: &str = "stompline_limits_hit_total";
+    /// Counter: chat messages persisted (new, not duplicates).
+    pub const MESSAGES_PERSISTED: &str = "stompline_messages_persisted_total";
+    /// Histogram: messages per persister batch.
+    pub const PERSIST_BATCH: &str = "stompline_persist_batch_size";
+    /// Counter: persister batches that failed and were retried.
+    pub const PERSIST_FAILURES: &str = "stompline_persist_failures_total";
+    /// Counter: outbox rows published by the sweeper (left behind by a
+    /// crash or a failed publish, or written by a non-message change).
+    pub const OUTBOX_SWEPT: &str = "stompline_outbox_swept_total";
+    /// Counter: relay publish failures.
+    pub const RELAY_PUBLISH_FAILURES: &str = "stompline_relay_publish_failures_total";
+    /// Counter: sequence gaps filled from the store by a gateway.
+    pub const GAP_FILLS: &str = "stompline_gap_fills_total";
 }
 
 /// Label keys used with [`names`].
@@ -139,6 +152,36 @@ fn describe() {
         names::HEARTBEAT_TIMEOUTS,
         Unit::Count,
         "Connections closed for missing heart-beats."
+    );
+    describe_counter!(
+        names::MESSAGES_PERSISTED,
+        Unit::Count,
+        "Chat messages persisted."
+    );
+    metrics::describe_histogram!(
+        names::PERSIST_BATCH,
+        Unit::Count,
+        "Messages per persister batch."
+    );
+    describe_counter!(
+        names::PERSIST_FAILURES,
+        Unit::Count,
+        "Persister batches that failed and were retried."
+    );
+    describe_counter!(
+        names::OUTBOX_SWEPT,
+        Unit::Count,
+        "Outbox rows published by the sweeper."
+    );
+    describe_counter!(
+        names::RELAY_PUBLISH_FAILURES,
+        Unit::Count,
+        "Relay publish failures."
+    );
+    describe_counter!(
+        names::GAP_FILLS,
+        Unit::Count,
+        "Sequence gaps filled from the store."
     );
     describe_counter!(
         names::LIMITS_HIT,

@@ -243,6 +243,26 @@ fn deliver(
     queued: bool,
     redelivered: bool,
 ) -> Result<(), PushError> {
+    deliver_with(sub, msg, queued, redelivered, None)
+}
+
+/// Queues one chat MESSAGE for one subscriber; `chat` (conversation, seq)
+/// is remembered with the pending acknowledgement.
+pub fn deliver_chat(
+    sub: &Subscriber,
+    msg: &Arc<SharedMessage>,
+    chat: Option<(Arc<str>, i64)>,
+) -> Result<(), PushError> {
+    deliver_with(sub, msg, false, false, chat)
+}
+
+fn deliver_with(
+    sub: &Subscriber,
+    msg: &Arc<SharedMessage>,
+    queued: bool,
+    redelivered: bool,
+    chat: Option<(Arc<str>, i64)>,
+) -> Result<(), PushError> {
     let conn = &sub.conn;
     let version = conn.version();
     let id = next_message_id();
@@ -262,6 +282,7 @@ fn deliver(
             Pending {
                 subscription: sub.id.clone(),
                 queued: queued.then(|| msg.clone()),
+                chat,
             },
         );
     }

@@ -103,6 +103,9 @@ pub struct Pending {
     /// For `/queue/**` deliveries: the message, to redeliver on NACK or when
     /// the subscriber goes away. Topic deliveries are not redelivered.
     pub queued: Option<Arc<SharedMessage>>,
+    /// For chat message deliveries: (conversation id, seq), so an ACK can
+    /// move the recipient's delivered watermark.
+    pub chat: Option<(Arc<str>, i64)>,
 }
 
 struct Queue {
