@@ -97,7 +97,7 @@ def main(path):
                     for st in e["steps"])
                 top = e.get("max_rate_per_pair")
                 total = top * p["pairs"] if top else None
-                out.append(f"| {name} | {fmt(top, 0)} | {fmt(total, 0)} | {fmt(l.get('p50'), 3)} | "
+                out.append(f"| {name} | {fmt(top, 1)} | {fmt(total, 0)} | {fmt(l.get('p50'), 3)} | "
                            f"{fmt(l.get('p99'), 3)} | {c} | {s} | {steps} |")
             if ours and theirs:
                 out.append(f"| **ours/theirs** | **{ratio(ours['extra'].get('max_rate_per_pair'), theirs['extra'].get('max_rate_per_pair'))}** | | | | | | |")
