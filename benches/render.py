@@ -23,9 +23,15 @@ def ratio(a, b):
     return f"{a / b:.2f}x"
 
 
-def cpu(r):
-    c = r["cpu"]
-    return fmt(c["client_pct"], 0) + " %", fmt(c.get("server_pct"), 0) + " %"
+def cpu(r, key="cpu"):
+    """Client, server and other processes' CPU (% of one core; 2 cores = 200 %)."""
+    c = r[key] if key == "cpu" else r["extra"][key]
+    client, server, machine = c["client_pct"], c.get("server_pct"), c.get("machine_pct")
+    other = None
+    if machine is not None:
+        other = max(0.0, machine - client - (server or 0.0))
+    pct = lambda v: fmt(v, 0) + " %" if v is not None else "–"
+    return pct(client), pct(server), pct(other)
 
 
 def split(label):
@@ -58,68 +64,68 @@ def main(path):
                 title = (f"pairs over {transport}: {p['pairs']} pairs × {p['rate_per_pair']:.0f} msg/s, "
                          f"{p['size']}-byte bodies, {p['duration_s']:.0f} s measured")
             out += [f"### {title}", "",
-                    "| server | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost / dup / reordered | max send lag ms | client CPU | server CPU |",
-                    "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+                    "| server | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost / dup / reordered | max send lag ms | client CPU | server CPU | other CPU |",
+                    "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
             for name, r in pair:
                 if r is None:
                     continue
                 l = r.get("latency_ms") or {}
                 d = r.get("deliveries") or {}
-                c, s = cpu(r)
+                c, s, o = cpu(r)
                 out.append(
                     f"| {name} | {fmt(r.get('deliveries_per_s'))} | {fmt(l.get('p50'), 3)} | "
                     f"{fmt(l.get('p99'), 3)} | {fmt(l.get('p999'), 3)} | {fmt(l.get('max'), 1)} | "
                     f"{d.get('lost')} / {d.get('duplicates')} / {d.get('reordered')}"
                     f"{' (' + '; '.join(d['errors']) + ')' if d.get('errors') else ''}"
                     f"{' STALLED' if r.get('stalled') else ''} | "
-                    f"{fmt(r.get('max_send_lag_ms'), 1)} | {c} | {s} |")
+                    f"{fmt(r.get('max_send_lag_ms'), 1)} | {c} | {s} | {o} |")
             if ours and theirs:
                 lo, lt = ours.get("latency_ms") or {}, theirs.get("latency_ms") or {}
                 out.append(
                     f"| **ours/theirs** | **{ratio(ours.get('deliveries_per_s'), theirs.get('deliveries_per_s'))}** | "
                     f"{ratio(lo.get('p50'), lt.get('p50'))} | **{ratio(lo.get('p99'), lt.get('p99'))}** | "
-                    f"{ratio(lo.get('p999'), lt.get('p999'))} | | | | | |")
+                    f"{ratio(lo.get('p999'), lt.get('p999'))} | | | | | | |")
             out.append("")
         elif scenario == "pairs-search":
             p = (ours or theirs)["params"]
             out += [f"### highest per-pair rate with p99 < {p['p99_bound_ms']:.0f} ms over {transport}: "
                     f"{p['pairs']} pairs, {p['size']}-byte bodies, {p['step_s']:.0f} s per step", "",
-                    "| server | max msg/s per pair | total msg/s | p50 ms | p99 ms at that rate | client CPU | server CPU | steps (rate: p99 ms, pass) |",
-                    "|---|---:|---:|---:|---:|---:|---:|---|"]
+                    "| server | max msg/s per pair | total msg/s | p50 ms | p99 ms at that rate | client CPU | server CPU | other CPU | steps (rate: p99 ms; ✗ = failed) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
             for name, r in pair:
                 if r is None:
                     continue
                 e = r["extra"]
                 l = r.get("latency_ms") or {}
-                c, s = cpu(r)
+                c, s, o = cpu(r)
                 steps = ", ".join(
-                    f"{st['rate_per_pair']:.0f}: {fmt(st['p99_ms'], 2)}{'' if st['pass'] else ' ✗'}"
+                    f"{st['rate_per_pair']:g}: {fmt(st['p99_ms'], 2)}{'' if st['pass'] else ' ✗'}"
                     for st in e["steps"])
                 top = e.get("max_rate_per_pair")
                 total = top * p["pairs"] if top else None
                 out.append(f"| {name} | {fmt(top, 1)} | {fmt(total, 0)} | {fmt(l.get('p50'), 3)} | "
-                           f"{fmt(l.get('p99'), 3)} | {c} | {s} | {steps} |")
+                           f"{fmt(l.get('p99'), 3)} | {c} | {s} | {o} | {steps} |")
             if ours and theirs:
-                out.append(f"| **ours/theirs** | **{ratio(ours['extra'].get('max_rate_per_pair'), theirs['extra'].get('max_rate_per_pair'))}** | | | | | | |")
+                out.append(f"| **ours/theirs** | **{ratio(ours['extra'].get('max_rate_per_pair'), theirs['extra'].get('max_rate_per_pair'))}** | | | | | | | |")
             out.append("")
         elif scenario == "idle":
             n = rest[0]
             out += [f"### idle over {transport}: {n:,} sessions requested, each subscribed to its own destination", "",
-                    "| server | connected | failed | RSS before MiB | RSS after MiB | **KiB per session** | connect s | sessions/s | client CPU (connect) | server CPU (connect) | server CPU (idle) |",
-                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                    "| server | connected | failed | RSS before MiB | RSS after MiB | **KiB per session** | connect s | sessions/s | client CPU (connect) | server CPU (connect) | other CPU (connect) | server CPU (idle) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for name, r in pair:
                 if r is None:
                     continue
                 e = r["extra"]
-                c, s = cpu(r)
+                c, s, o = cpu(r)
                 mib = lambda k: fmt(e[k] / 1024, 1) if e.get(k) is not None else "–"
                 idle_s = e["idle_cpu"].get("server_pct")
                 errs = f" ({'; '.join(e['errors'])})" if e.get("errors") else ""
                 out.append(f"| {name} | {fmt(e['connected'])} | {fmt(e['failed'])}{errs} | {mib('rss_before_kib')} | "
                            f"{mib('rss_after_kib')} | **{fmt(e.get('rss_per_session_kib'), 1)}** | "
-                           f"{fmt(e['connect_s'], 1)} | {fmt(e['sessions_per_s'], 0)} | {c} | {s} | {fmt(idle_s, 1)} % |")
+                           f"{fmt(e['connect_s'], 1)} | {fmt(e['sessions_per_s'], 0)} | {c} | {s} | {o} | {fmt(idle_s, 1)} % |")
             if ours and theirs:
-                out.append(f"| **ours/theirs** | | | | | **{ratio(ours['extra'].get('rss_per_session_kib'), theirs['extra'].get('rss_per_session_kib'))}** | | | | | |")
+                out.append(f"| **ours/theirs** | | | | | **{ratio(ours['extra'].get('rss_per_session_kib'), theirs['extra'].get('rss_per_session_kib'))}** | | | | | | |")
             out.append("")
     print("\n".join(out))
 

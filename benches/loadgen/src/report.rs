@@ -183,6 +183,9 @@ impl Report {
         if let Some(s) = self.cpu.server_pct {
             line += &format!(" server {s:.0}%");
         }
+        if let Some(m) = self.cpu.machine_pct {
+            line += &format!(" machine {m:.0}%");
+        }
         if !self.extra.is_null() {
             line += &format!(" | {}", self.extra);
         }

@@ -12,6 +12,7 @@ pub struct CpuSample {
     at: Instant,
     client: Duration,
     server: Option<Duration>,
+    machine: Option<Duration>,
 }
 
 /// CPU used between two samples, as percent of one core (2 cores = 200 %).
@@ -23,6 +24,9 @@ pub struct CpuUse {
     pub client_pct: f64,
     /// The server process, when its pid was given.
     pub server_pct: Option<f64>,
+    /// Every CPU of the machine (all processes), from `/proc/stat`. What is
+    /// neither client nor server is other work sharing the machine.
+    pub machine_pct: Option<f64>,
 }
 
 impl CpuSample {
@@ -32,6 +36,7 @@ impl CpuSample {
             at: Instant::now(),
             client: own_cpu(),
             server: server_pid.and_then(process_cpu),
+            machine: machine_busy(),
         }
     }
 
@@ -43,6 +48,10 @@ impl CpuSample {
             wall_s: wall,
             client_pct: pct(later.client.saturating_sub(self.client)),
             server_pct: match (self.server, later.server) {
+                (Some(a), Some(b)) => Some(pct(b.saturating_sub(a))),
+                _ => None,
+            },
+            machine_pct: match (self.machine, later.machine) {
                 (Some(a), Some(b)) => Some(pct(b.saturating_sub(a))),
                 _ => None,
             },
@@ -60,6 +69,25 @@ fn own_cpu() -> Duration {
         }
         Err(_) => Duration::ZERO,
     }
+}
+
+fn ticks_per_sec() -> u64 {
+    sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64
+}
+
+/// Busy time of all CPUs together (user, nice, system, irq, softirq, steal).
+fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| f.get(i))
+        .sum::<u64>();
+    Some(Duration::from_nanos(busy * 1_000_000_000 / ticks_per_sec()))
 }
 
 /// utime + stime of `pid` from `/proc/<pid>/stat`.
