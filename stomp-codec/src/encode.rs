@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::escape::{escape_into, needs_escape, Escaping};
+use crate::escape::{needs_escape, Escaping};
 use crate::{header, Command, Frame, Version};
 
 /// A heart-beat: one EOL.
@@ -16,7 +16,11 @@ pub const HEARTBEAT: &[u8] = b"\n";
 /// ERROR; one present in `frame.headers` is replaced by the real length.
 pub fn encode_frame(frame: &Frame, version: Version, dst: &mut BytesMut) {
     let escaping = Escaping::for_frame(frame.command, version);
-    dst.reserve(frame.command.as_str().len() + 64 + frame.body.len());
+    // Command, headers, content-length (at most 36 bytes), blank line,
+    // body, NUL; escapes may still grow it.
+    dst.reserve(
+        frame.command.as_str().len() + headers_len(frame.headers.iter()) + 40 + frame.body.len(),
+    );
     dst.put_slice(frame.command.as_str().as_bytes());
     dst.put_u8(b'\n');
     for (name, value) in frame.headers.iter() {
@@ -34,11 +38,48 @@ pub fn encode_frame(frame: &Frame, version: Version, dst: &mut BytesMut) {
 }
 
 fn put_header(dst: &mut BytesMut, name: &str, value: &str, escaping: Escaping) {
-    let mut w = BufWriter(dst);
-    escape_into(name, escaping, &mut w);
-    w.0.put_u8(b':');
-    escape_into(value, escaping, &mut w);
-    w.0.put_u8(b'\n');
+    put_escaped(dst, name, escaping);
+    dst.put_u8(b':');
+    put_escaped(dst, value, escaping);
+    dst.put_u8(b'\n');
+}
+
+/// `s` with `escaping` applied, as [`crate::escape::escape_into`] does, but
+/// copying the runs between bytes that need escaping as whole slices.
+fn put_escaped(dst: &mut BytesMut, s: &str, escaping: Escaping) {
+    let mut rest = s.as_bytes();
+    while let Some(i) = rest.iter().position(|&b| is_special(b, escaping)) {
+        dst.put_slice(&rest[..i]);
+        dst.put_slice(escape_byte(rest[i], escaping));
+        rest = &rest[i + 1..];
+    }
+    dst.put_slice(rest);
+}
+
+/// True for the bytes `escaping` rewrites.
+fn is_special(b: u8, escaping: Escaping) -> bool {
+    match escaping {
+        Escaping::None => b == b'\n' || b == b'\r',
+        Escaping::V1_1 | Escaping::V1_2 => matches!(b, b'\n' | b'\r' | b':' | b'\\'),
+    }
+}
+
+/// What a byte for which [`is_special`] holds is written as.
+fn escape_byte(b: u8, escaping: Escaping) -> &'static [u8] {
+    match (escaping, b) {
+        (Escaping::None, _) => b" ",
+        (_, b'\n') => b"\\n",
+        (_, b':') => b"\\c",
+        (_, b'\\') => b"\\\\",
+        (Escaping::V1_2, _) => b"\\r",
+        // A CR in 1.1, which has no escape for it.
+        (Escaping::V1_1, _) => b" ",
+    }
+}
+
+/// Bytes the headers take unescaped, to reserve once.
+fn headers_len<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> usize {
+    headers.map(|(n, v)| n.len() + v.len() + 2).sum()
 }
 
 fn put_content_length(dst: &mut BytesMut, len: usize) {
@@ -56,17 +97,6 @@ fn put_content_length(dst: &mut BytesMut, len: usize) {
     }
     dst.put_slice(&digits[i..]);
     dst.put_u8(b'\n');
-}
-
-/// `Extend<u8>` over a `BytesMut`, so escaping writes straight into it.
-struct BufWriter<'a>(&'a mut BytesMut);
-
-impl Extend<u8> for BufWriter<'_> {
-    fn extend<T: IntoIterator<Item = u8>>(&mut self, iter: T) {
-        for b in iter {
-            self.0.put_u8(b);
-        }
-    }
 }
 
 /// The part of a MESSAGE that is the same for every subscriber: destination,
@@ -142,7 +172,8 @@ impl SharedMessage {
         };
         self.encoded[slot].get_or_init(|| {
             let escaping = Escaping::for_frame(Command::Message, version);
-            let mut dst = BytesMut::with_capacity(self.body.len() + 128);
+            let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+            let mut dst = BytesMut::with_capacity(headers_len(headers) + 40 + self.body.len());
             for (n, v) in &self.headers {
                 put_header(&mut dst, n, v, escaping);
             }
@@ -191,4 +222,32 @@ pub fn encode_message(
 ) {
     encode_message_head(dst, version, subscription, message_id, ack, extra);
     dst.put_slice(shared.encoded(version));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::escape::escape_into;
+
+    #[test]
+    fn slice_escaping_matches_the_reference_escaper() {
+        let samples = [
+            "",
+            "plain",
+            ":",
+            "a:b\\c\nd\re",
+            "\r\n\\::\\\\",
+            "caf\u{e9} \u{1f389}:x",
+            "trailing\\",
+        ];
+        for escaping in [Escaping::None, Escaping::V1_1, Escaping::V1_2] {
+            for s in samples {
+                let mut expected = Vec::new();
+                escape_into(s, escaping, &mut expected);
+                let mut got = BytesMut::new();
+                put_escaped(&mut got, s, escaping);
+                assert_eq!(&got[..], &expected[..], "{s:?} {escaping:?}");
+            }
+        }
+    }
 }

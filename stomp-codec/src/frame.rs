@@ -91,6 +91,11 @@ impl Headers {
 
     /// Appends a header (after any with the same name).
     pub fn push(&mut self, name: &str, value: &str) {
+        if self.entries.capacity() == 0 {
+            // Frames built by hand usually get a few headers: grow once.
+            self.entries.reserve(8);
+            self.owned.reserve(256);
+        }
         let mut add = |s: &str| {
             let start = self.owned.len() as u32;
             self.owned.push_str(s);
