@@ -168,14 +168,15 @@ impl Store for PostgresStore {
         let username_lower = fold(&user.username);
         let email_lower = user.email.as_deref().map(fold);
         conn.execute(
-            "INSERT INTO users (id, username, username_lower, display_name, email, \
-             email_lower, phone, password_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO users (id, username, username_lower, display_name, \
+             display_name_lower, email, email_lower, phone, password_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &user.id,
                 &user.username,
                 &username_lower,
                 &user.display_name,
+                &fold(&user.display_name),
                 &user.email,
                 &email_lower,
                 &user.phone,

@@ -284,15 +284,16 @@ impl Store for SqliteStore {
         };
         self.write(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO users (id, username, username_lower, display_name, email, \
-                 email_lower, phone, password_hash, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO users (id, username, username_lower, display_name, \
+                 display_name_lower, email, email_lower, phone, password_hash, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 user.id,
                 user.username,
                 fold(&user.username),
                 user.display_name,
+                fold(&user.display_name),
                 user.email,
                 user.email.as_deref().map(fold),
                 user.phone,
