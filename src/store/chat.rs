@@ -179,7 +179,8 @@ pub enum Persisted {
         /// Its outbox row.
         outbox_id: i64,
     },
-    /// `(sender, client_msg_id)` existed: the original, nothing written.
+    /// `(sender, client_msg_id)` existed, or a message with the same id (a
+    /// retried batch): the original, nothing written.
     Duplicate(Message),
     /// The sender is no longer a member (or the conversation is gone).
     NotMember,
@@ -249,7 +250,8 @@ pub struct Watermark {
 #[async_trait]
 pub trait ChatStore: Send + Sync {
     /// Creates a conversation with its members, and writes `events`.
-    /// A direct conversation whose `direct_key` exists → `Conflict`.
+    /// A direct conversation whose `direct_key` exists → `Conflict`; a user
+    /// that does not exist → `NotFound`. Nothing is written on error.
     async fn create_conversation(
         &self,
         c: NewConversation,
@@ -275,7 +277,8 @@ pub trait ChatStore: Send + Sync {
     ) -> Result<Option<Member>, StoreError>;
     /// Adds members (existing ones are left as they are) with
     /// `last_read_seq = last_delivered_seq = the conversation's last_seq`, and
-    /// writes `events`. Returns the ids actually added.
+    /// writes `events`. Returns the ids actually added, in input order.
+    /// An unknown conversation or user → `NotFound`, and nothing is written.
     async fn add_members(
         &self,
         conversation_id: &str,
@@ -285,7 +288,7 @@ pub trait ChatStore: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
     /// Removes a member and writes `events`; when the last owner leaves,
     /// the longest-standing admin, else member, becomes owner (returned).
-    /// `Ok(None)` when they were not a member.
+    /// `Ok(None)` when they were not a member (nothing is written).
     async fn remove_member(
         &self,
         conversation_id: &str,
@@ -299,7 +302,8 @@ pub trait ChatStore: Send + Sync {
         user_id: &str,
         role: Role,
     ) -> Result<bool, StoreError>;
-    /// Renames a group and writes `events`.
+    /// Renames a group and writes `events`; an unknown conversation →
+    /// `NotFound`, nothing written.
     async fn rename_conversation(
         &self,
         conversation_id: &str,
@@ -311,8 +315,10 @@ pub trait ChatStore: Send + Sync {
     /// `(sender_id, client_msg_id)`, membership re-checked, gapless seq per
     /// conversation, the sender's `last_read_seq` moved to the new seq, the
     /// conversation's `last_seq`/`last_activity_at` updated, and one
-    /// `message.created` outbox row per created message. Outcomes are in
-    /// input order.
+    /// `message.created` outbox row per created message ([`MESSAGE_CREATED`],
+    /// payload `{}`). Outcomes are in input order. A message whose id exists
+    /// already is a [`Persisted::Duplicate`] as well, so a retried batch
+    /// writes nothing twice.
     async fn persist_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Persisted>, StoreError>;
     /// One message.
     async fn message(&self, id: &str) -> Result<Option<Message>, StoreError>;
@@ -326,7 +332,7 @@ pub trait ChatStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Message>, StoreError>;
     /// Replaces the body, sets `edited_at`, writes `events`. `None` when the
-    /// message does not exist or is deleted.
+    /// message does not exist or is deleted (nothing is written).
     async fn edit_message(
         &self,
         id: &str,
@@ -336,7 +342,7 @@ pub trait ChatStore: Send + Sync {
     ) -> Result<Option<Message>, StoreError>;
     /// Tombstones the message (body emptied, `deleted_at` set), writes
     /// `events`. `None` when it does not exist; deleting twice is a no-op
-    /// returning the tombstone.
+    /// returning the tombstone (no events written).
     async fn delete_message(
         &self,
         id: &str,
@@ -346,9 +352,11 @@ pub trait ChatStore: Send + Sync {
 
     /// Appends events on their own.
     async fn append_outbox(&self, events: Vec<OutboxEvent>) -> Result<Vec<i64>, StoreError>;
-    /// Rows created before `older_than`, oldest first, at most `limit`. On
-    /// PostgreSQL rows are claimed with `FOR UPDATE SKIP LOCKED` and a lease
-    /// (`claimed_until`) so concurrent sweepers do not take the same rows.
+    /// Rows created before `older_than`, oldest first, at most `limit`. The
+    /// rows returned are claimed for [`OUTBOX_LEASE`] (`claimed_until`), on
+    /// both backends: until it runs out no call returns them again, so
+    /// concurrent sweepers do not take the same rows (PostgreSQL picks them
+    /// with `FOR UPDATE SKIP LOCKED`). A row not deleted by then is due again.
     async fn outbox_due(
         &self,
         older_than: OffsetDateTime,
@@ -375,7 +383,7 @@ pub trait ChatStore: Send + Sync {
     /// Unread counts of all the user's conversations.
     async fn unread(&self, user_id: &str) -> Result<Vec<Unread>, StoreError>;
 
-    /// Adds an explicit contact (idempotent).
+    /// Adds an explicit contact (idempotent); an unknown user → `NotFound`.
     async fn add_contact(
         &self,
         user_id: &str,
@@ -390,7 +398,8 @@ pub trait ChatStore: Send + Sync {
     /// Ids of explicit contacts plus co-members, and of users who have the
     /// user as an explicit contact: who sees the user's presence.
     async fn presence_audience(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
-    /// `user_id` blocks `blocked_id` (idempotent).
+    /// `user_id` blocks `blocked_id` (idempotent); an unknown user →
+    /// `NotFound`.
     async fn block(
         &self,
         user_id: &str,
@@ -402,11 +411,13 @@ pub trait ChatStore: Send + Sync {
     /// True when `user_id` has blocked `other_id`.
     async fn is_blocked(&self, user_id: &str, other_id: &str) -> Result<bool, StoreError>;
     /// Users whose username or display name contains `query`
-    /// (case-insensitive), username order, at most `limit`.
+    /// (case-insensitive), username order, at most `limit`. The query is
+    /// trimmed and taken literally (no wildcards); an empty one finds nobody.
     async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>, StoreError>;
     /// Records when the user was last seen online.
     async fn set_last_seen(&self, user_id: &str, at: OffsetDateTime) -> Result<(), StoreError>;
-    /// When the user was last seen online.
+    /// When the users were last seen online: one entry per id, in input
+    /// order; `None` for users never seen (or unknown).
     async fn last_seen(
         &self,
         user_ids: Vec<String>,
@@ -415,7 +426,8 @@ pub trait ChatStore: Send + Sync {
     /// Full-text search over non-deleted messages of conversations the user
     /// belongs to (optionally one), best match first (SQLite FTS5 bm25,
     /// PostgreSQL `ts_rank` over a GIN-indexed tsvector), kept in step with
-    /// edits and deletes.
+    /// edits and deletes. The query is plain words, all of which must match
+    /// (no search syntax); a query without letters or digits finds nothing.
     async fn search_messages(
         &self,
         user_id: &str,
@@ -441,4 +453,22 @@ pub struct RemovedMember {
     pub role: Role,
     /// Who became owner because the last owner left, if anyone.
     pub new_owner: Option<String>,
+}
+
+/// Outbox kind of the row [`ChatStore::persist_messages`] writes for each
+/// created message.
+pub const MESSAGE_CREATED: &str = "message.created";
+
+/// How long rows returned by [`ChatStore::outbox_due`] stay claimed: another
+/// sweeper does not see them again before this has passed.
+pub const OUTBOX_LEASE: time::Duration = time::Duration::seconds(30);
+
+/// The words of a message search query: whitespace-separated chunks that
+/// contain at least one letter or digit. User input is plain words, never
+/// search syntax; no words means no results.
+pub(super) fn search_words(query: &str) -> Vec<&str> {
+    query
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .collect()
 }

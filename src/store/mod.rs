@@ -6,6 +6,9 @@
 //! and `migrations/postgres/` and are embedded into the binary; later features
 //! add tables as new `V<n>__name.sql` files next to the existing ones.
 //!
+//! Chat storage ([`ChatStore`], in [`chat`]) is a supertrait of [`Store`], so
+//! one `Arc<dyn Store>` serves both.
+//!
 //! Timestamps are UTC with microsecond precision (what PostgreSQL keeps);
 //! [`now`] gives a value that survives a round trip through either backend
 //! unchanged.
@@ -13,6 +16,8 @@
 pub mod chat;
 pub mod postgres;
 pub mod sqlite;
+
+pub use chat::*;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -137,12 +142,12 @@ pub struct NewRefreshToken {
     pub created_at: OffsetDateTime,
 }
 
-/// The storage interface.
+/// The storage interface: accounts here, chat in [`ChatStore`].
 ///
 /// Lookups that find nothing answer `Ok(None)`; errors are reserved for
 /// conflicts and for the database itself failing.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: ChatStore + Send + Sync {
     /// Applies pending migrations. Safe to call on every start, and from
     /// several instances at once.
     async fn migrate(&self) -> Result<(), StoreError>;
@@ -285,6 +290,8 @@ fn conflict_field(constraint: &str) -> String {
         "email"
     } else if constraint.contains("phone") {
         "phone"
+    } else if constraint.contains("direct_key") {
+        "direct_key"
     } else {
         constraint
     };

@@ -20,6 +20,8 @@ use super::{
     conflict_field, fold, NewRefreshToken, NewUser, RefreshToken, Session, Store, StoreError, User,
 };
 
+mod chat;
+
 mod embedded {
     refinery::embed_migrations!("migrations/sqlite");
 }
