@@ -19,6 +19,10 @@
 #                        lowered to fit, and the report says so)
 #   BENCH_FANOUT_SECS, BENCH_PAIRS_SECS, BENCH_STEP_SECS  measured seconds
 #   RMQ_STOMP_PORT, RMQ_WS_PORT  RabbitMQ plugin ports (61614, 15674)
+#   BENCH_NICE           e.g. -10: run the load generator, stompline and (for
+#                        the length of the run) every RabbitMQ thread at this
+#                        niceness, so other work on a shared machine disturbs
+#                        both servers less; RabbitMQ's is restored at the end
 #
 # Changes RabbitMQ's configuration when needed: appends the two listener
 # ports to /etc/rabbitmq/rabbitmq.conf, enables the plugins, and restarts
@@ -36,6 +40,7 @@ FANOUT_SECS=${BENCH_FANOUT_SECS:-10}
 PAIRS_SECS=${BENCH_PAIRS_SECS:-15}
 STEP_SECS=${BENCH_STEP_SECS:-6}
 IDLE_SESSIONS=${BENCH_IDLE_SESSIONS:-"5000 50000"}
+NICE=${BENCH_NICE:-0}
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-tcp pairs search idle)
 
@@ -66,11 +71,23 @@ stompline_stop() {
         SL_PID=
     fi
 }
+RMQ_RENICED=
 cleanup() {
     stompline_stop
+    if [ -n "$RMQ_RENICED" ]; then
+        renice_threads "$RMQ_RENICED" "$(rmq_pid)"
+    fi
     [ -n "$SL_DIR" ] && rm -rf "$SL_DIR"
 }
 trap cleanup EXIT
+
+# renice_threads NICENESS PID: every thread of PID (niceness is per thread).
+renice_threads() {
+    local t
+    for t in /proc/"$2"/task/*; do
+        renice -n "$1" -p "${t##*/}" >/dev/null 2>&1 || true
+    done
+}
 
 # Starts a fresh stompline (new data dir) and registers the bench user.
 stompline_start() {
@@ -85,7 +102,7 @@ stompline_start() {
         STOMPLINE_STOMP__INBOUND_FRAMES_PER_SEC=0 \
         STOMPLINE_AUTH__ACCESS_TOKEN_TTL_SECS=86400 \
         RUST_LOG=warn,stompline=info \
-        "$STOMPLINE" serve --http-addr 127.0.0.1:0 --stomp-addr 127.0.0.1:0 \
+        nice -n "$NICE" "$STOMPLINE" serve --http-addr 127.0.0.1:0 --stomp-addr 127.0.0.1:0 \
         --data-dir "$SL_DIR" 2>"$OUT/stompline.log" &
     SL_PID=$!
     local line= i
@@ -129,6 +146,10 @@ rabbitmq_prepare() {
         rabbitmqctl await_startup >/dev/null
     fi
     RMQ_PID=$(rmq_pid)
+    if [ "$NICE" != 0 ]; then
+        RMQ_RENICED=$(ps -o ni= -p "$RMQ_PID" | tr -d ' ')
+        renice_threads "$NICE" "$RMQ_PID"
+    fi
     log "rabbitmq pid $RMQ_PID stomp=127.0.0.1:$RMQ_STOMP_PORT web-stomp=127.0.0.1:$RMQ_WS_PORT"
 }
 
@@ -147,7 +168,7 @@ run() {
         if [ "$transport" = ws ]; then url="ws://127.0.0.1:$RMQ_WS_PORT/ws"; else url="tcp://127.0.0.1:$RMQ_STOMP_PORT"; fi
     fi
     log "$label/$transport: $*"
-    LOADGEN_PASSCODE=$pass "$LOADGEN" --url "$url" --login "$login" --server-pid "$pid" \
+    LOADGEN_PASSCODE=$pass nice -n "$NICE" "$LOADGEN" --url "$url" --login "$login" --server-pid "$pid" \
         --label "$label/$transport" --json "$JSON" "$@" >/dev/null
 }
 
@@ -179,7 +200,7 @@ fi
 if wants idle; then
     # Each session is one socket on each side; both processes share the
     # open-file hard limit, which caps the count on this machine.
-    max_sessions=$((NOFILE - 1000))
+    max_sessions=$((NOFILE - 2000))
     for n in $IDLE_SESSIONS; do
         if [ "$n" -gt "$max_sessions" ]; then
             log "idle: $n sessions do not fit the open-file hard limit $NOFILE; running $max_sessions"
