@@ -64,7 +64,7 @@ def main(path):
                 title = (f"pairs over {transport}: {p['pairs']} pairs × {p['rate_per_pair']:.0f} msg/s, "
                          f"{p['size']}-byte bodies, {p['duration_s']:.0f} s measured")
             out += [f"### {title}", "",
-                    "| server | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost / dup / reordered | max send lag ms | client CPU | server CPU | other CPU |",
+                    "| server | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | undelivered / dup / reordered | max send lag ms | client CPU | server CPU | other CPU |",
                     "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
             for name, r in pair:
                 if r is None:

@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh [SCENARIO...]
 #
-# SCENARIO: fanout fanout-tcp pairs search idle (default: all of them).
+# SCENARIO: fanout fanout-tcp pairs search idle idle-tcp (default: all of them).
 # Builds release binaries, starts stompline on ephemeral ports with a
 # temporary data dir, makes sure RabbitMQ's rabbitmq_stomp and
 # rabbitmq_web_stomp plugins are on (STOMP 127.0.0.1:61614, Web-STOMP
@@ -42,7 +42,7 @@ STEP_SECS=${BENCH_STEP_SECS:-6}
 IDLE_SESSIONS=${BENCH_IDLE_SESSIONS:-"5000 50000"}
 NICE=${BENCH_NICE:-0}
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-tcp pairs search idle)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-tcp pairs search idle idle-tcp)
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 wants() { local s; for s in "${SCENARIOS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
@@ -211,6 +211,14 @@ if wants idle; then
         run ours ws idle --sessions "$n" --source-count 4 --parallel 64 --settle 5
         run theirs ws idle --sessions "$n" --source-count 4 --parallel 64 --settle 5
     done
+fi
+
+if wants idle-tcp; then
+    # The same over plain TCP: what the WebSocket layer adds per session.
+    stompline_start
+    sleep 1
+    run ours tcp idle --sessions 5000 --source-count 4 --parallel 64 --settle 5
+    run theirs tcp idle --sessions 5000 --source-count 4 --parallel 64 --settle 5
 fi
 
 stompline_stop
