@@ -19,6 +19,10 @@
 #                        lowered to fit, and the report says so)
 #   BENCH_FANOUT_SECS, BENCH_PAIRS_SECS, BENCH_STEP_SECS  measured seconds
 #   RMQ_STOMP_PORT, RMQ_WS_PORT  RabbitMQ plugin ports (61614, 15674)
+#   BENCH_RMQ_FRESH      1 (default): restart RabbitMQ before each idle run, so
+#                        memory its allocators kept from earlier runs does not
+#                        hide growth (RabbitMQ's RSS does not shrink after
+#                        sessions close); 0: never restart for this
 #   BENCH_NICE           e.g. -10: run the load generator, stompline and (for
 #                        the length of the run) every RabbitMQ thread at this
 #                        niceness, so other work on a shared machine disturbs
@@ -41,6 +45,7 @@ PAIRS_SECS=${BENCH_PAIRS_SECS:-15}
 STEP_SECS=${BENCH_STEP_SECS:-6}
 IDLE_SESSIONS=${BENCH_IDLE_SESSIONS:-"5000 50000"}
 NICE=${BENCH_NICE:-0}
+RMQ_FRESH=${BENCH_RMQ_FRESH:-1}
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-tcp pairs search idle idle-tcp)
 
@@ -140,11 +145,26 @@ rabbitmq_prepare() {
     soft=$(awk '/Max open files/{print $4}' "/proc/$pid/limits" 2>/dev/null || echo 0)
     [ "${soft:-0}" -lt "$NOFILE" ] && restart=1
     if [ "$restart" = 1 ]; then
-        log "restarting RabbitMQ (plugins, ports, open-file limit $NOFILE)"
-        rabbitmqctl stop >/dev/null 2>&1 || true
-        /etc/init.d/rabbitmq-server start >/dev/null
-        rabbitmqctl await_startup >/dev/null
+        rabbitmq_restart "plugins, ports, open-file limit $NOFILE"
+    else
+        rabbitmq_adopt
     fi
+}
+
+rabbitmq_restart() {
+    log "restarting RabbitMQ ($1)"
+    if [ -n "$RMQ_RENICED" ]; then
+        renice_threads "$RMQ_RENICED" "$(rmq_pid)"
+        RMQ_RENICED=
+    fi
+    rabbitmqctl stop >/dev/null 2>&1 || true
+    /etc/init.d/rabbitmq-server start >/dev/null
+    rabbitmqctl await_startup >/dev/null
+    sleep 3 # let start-up allocation settle before anything reads its RSS
+    rabbitmq_adopt
+}
+
+rabbitmq_adopt() {
     RMQ_PID=$(rmq_pid)
     if [ "$NICE" != 0 ]; then
         RMQ_RENICED=$(ps -o ni= -p "$RMQ_PID" | tr -d ' ')
@@ -209,6 +229,7 @@ if wants idle; then
         stompline_start # a fresh process, so earlier runs' freed memory does not hide growth
         sleep 1
         run ours ws idle --sessions "$n" --source-count 4 --parallel 64 --settle 5
+        [ "$RMQ_FRESH" = 1 ] && rabbitmq_restart "fresh memory baseline for idle"
         run theirs ws idle --sessions "$n" --source-count 4 --parallel 64 --settle 5
     done
 fi
@@ -218,6 +239,7 @@ if wants idle-tcp; then
     stompline_start
     sleep 1
     run ours tcp idle --sessions 5000 --source-count 4 --parallel 64 --settle 5
+    [ "$RMQ_FRESH" = 1 ] && rabbitmq_restart "fresh memory baseline for idle"
     run theirs tcp idle --sessions 5000 --source-count 4 --parallel 64 --settle 5
 fi
 
