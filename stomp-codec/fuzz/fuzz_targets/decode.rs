@@ -172,7 +172,10 @@ fn failed(dec: &mut Decoder, buf: &mut BytesMut, items: Vec<Item>, e: DecodeErro
 /// (c): `consumed` is the number of input bytes the item took.
 fn check_limits(item: &Item, consumed: usize, nul_missing: bool, limits: Limits) {
     let Item::Frame(f) = item else {
-        assert!(consumed == 1 || consumed == 2, "heart-beat of {consumed} bytes");
+        assert!(
+            consumed == 1 || consumed == 2,
+            "heart-beat of {consumed} bytes"
+        );
         return;
     };
     // The frame's size counts its NUL, even one the leniency supplied.
@@ -183,7 +186,10 @@ fn check_limits(item: &Item, consumed: usize, nul_missing: bool, limits: Limits)
     for (n, v) in f.headers.iter() {
         // Unescaping only shortens, so this is a lower bound of the line.
         let line = n.len() + 1 + v.len();
-        assert!(line <= limits.max_header_line_bytes, "header line of {line}");
+        assert!(
+            line <= limits.max_header_line_bytes,
+            "header line of {line}"
+        );
     }
 }
 
