@@ -163,6 +163,9 @@ pub struct ChatConfig {
     pub rate_burst: u32,
     /// Messages older than this many days are deleted; 0 = keep forever.
     pub retention_days: u32,
+    /// How often the retention sweep runs, seconds (the seed's policy:
+    /// weekly). It also runs once shortly after start.
+    pub retention_interval_secs: u64,
 }
 
 /// `[presence]`
@@ -266,6 +269,7 @@ impl Default for ChatConfig {
             rate_per_sec: 100,
             rate_burst: 1000,
             retention_days: 7,
+            retention_interval_secs: 7 * 86_400,
         }
     }
 }

@@ -5,9 +5,14 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod bus;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod pipeline;
+pub mod presence;
+pub mod relay;
 pub mod server;
 pub mod stomp;
 pub mod store;

@@ -19,7 +19,12 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::auth::{Auth, AuthSettings};
 use crate::broker::{Broker, Registry};
+use crate::bus::LocalBus;
+use crate::chat::{events, Chat, Gateway};
 use crate::config::Config;
+use crate::pipeline::{run_persister, Dispatcher};
+use crate::presence::Presence;
+use crate::relay::{LocalRelay, Relay};
 use crate::stomp::Shared;
 use crate::store::{self, Store};
 use crate::transport::{tcp, ws};
@@ -81,11 +86,53 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
+
+    // The message path, embedded: in-process bus and relay.
+    let instance_id = uuid::Uuid::new_v4().simple().to_string();
+    let (local_relay, relay_inbox) = LocalRelay::new();
+    let relay: Arc<dyn Relay> = local_relay;
+    let (bus, consumer) = LocalBus::new(64 * 1024);
+    let broker = Arc::new(Broker::new(config.stomp.queue_hold_max));
+    let gateway_tasks = Gateway::build(
+        instance_id.clone(),
+        store.clone(),
+        relay.clone(),
+        broker.clone(),
+    );
+    let gateway = gateway_tasks.gateway().clone();
+    gateway_tasks.spawn(relay_inbox, shutdown.clone());
+    gateway.watch(events::instance_channel(&instance_id)).await;
+    let dispatcher = Dispatcher::new(store.clone(), relay.clone());
+    tokio::spawn(dispatcher.clone().run(shutdown.clone()));
+    let persister = tokio::spawn(run_persister(
+        consumer,
+        store.clone(),
+        relay.clone(),
+        shutdown.clone(),
+    ));
+    let chat = Chat::new(
+        store.clone(),
+        Arc::new(bus),
+        relay.clone(),
+        gateway,
+        dispatcher,
+        config.chat.clone(),
+        &config.presence,
+    );
+    let presence = Presence::new(
+        store.clone(),
+        relay.clone(),
+        Duration::from_millis(config.presence.offline_grace_ms),
+    );
+    spawn_chat_timers(chat.clone(), &config.chat, shutdown.clone());
+
     let shared = Arc::new(Shared {
         config: config.clone(),
         auth: auth.clone(),
-        broker: Arc::new(Broker::new(config.stomp.queue_hold_max)),
+        broker,
         registry: Arc::new(Registry::default()),
+        chat,
+        presence,
         shutdown: shutdown.clone(),
     });
 
@@ -114,6 +161,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth,
         store,
         metrics: Some(metrics),
+        chat: shared.chat.clone(),
+        presence: shared.presence.clone(),
     })
     .merge(
         Router::new()
@@ -180,6 +229,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .is_err()
         {
             tracing::warn!("drain timeout passed with connections still open");
+        }
+        // Sends already on the bus are stored before the process exits.
+        if tokio::time::timeout_at(deadline, persister).await.is_err() {
+            tracing::warn!("drain timeout passed with messages still being persisted");
         }
         let _ = done.send(());
     });
@@ -276,6 +329,43 @@ async fn accept_stomp(
             }
         }
     }
+}
+
+/// Periodic chat work: ending typing indicators nobody renewed, and the
+/// retention sweep (a minute after start, then every interval).
+fn spawn_chat_timers(
+    chat: Arc<Chat>,
+    config: &crate::config::ChatConfig,
+    shutdown: CancellationToken,
+) {
+    let typing = chat.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => typing.expire_typing().await,
+            }
+        }
+    });
+    let Some(max_age) = config.retention() else {
+        return;
+    };
+    let every = Duration::from_secs(config.retention_interval_secs.max(1));
+    tokio::spawn(async move {
+        let mut next = tokio::time::Instant::now() + Duration::from_secs(60).min(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            if let Err(e) = chat.apply_retention(max_age).await {
+                tracing::warn!(error = %e, "retention sweep failed");
+            }
+            next = tokio::time::Instant::now() + every;
+        }
+    });
 }
 
 async fn shutdown_signal() {

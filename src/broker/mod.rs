@@ -30,6 +30,11 @@ use crate::stomp::connection::{next_message_id, AckMode, Connection, Out, Pendin
 
 const SHARDS: usize = 16;
 
+/// The broker key of a user destination (`/user/queue/…` of one user).
+pub fn user_key(user_id: &str, dest: &str) -> String {
+    format!("user:{user_id}:{dest}")
+}
+
 /// How a destination delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -176,6 +176,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     // Chat.
     let chat = &config.chat;
     c.positive(chat.message_max_bytes as u64, "chat.message_max_bytes");
+    c.positive(chat.retention_interval_secs, "chat.retention_interval_secs");
     c.check(
         chat.message_max_bytes <= s.max_frame_bytes,
         "chat.message_max_bytes",

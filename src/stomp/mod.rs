@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::broker::{Broker, Registry};
+use crate::chat::Chat;
 use crate::config::Config;
+use crate::presence::Presence;
 
 /// What every session of the server shares.
 pub struct Shared {
@@ -25,6 +27,10 @@ pub struct Shared {
     pub broker: Arc<Broker>,
     /// Live connections per user.
     pub registry: Arc<Registry>,
+    /// Chat rules and delivery.
+    pub chat: Arc<Chat>,
+    /// Presence.
+    pub presence: Arc<Presence>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
 }

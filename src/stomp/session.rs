@@ -18,7 +18,8 @@ use super::connection::{AckMode, Connection, Out};
 use super::frames;
 use super::Shared;
 use crate::auth::Principal;
-use crate::broker::{Kind, Subscriber};
+use crate::broker::{user_key, Kind, Subscriber};
+use crate::chat::{ChatDest, ChatError, Completion};
 use crate::config::AclOp;
 use crate::metrics::{labels, names};
 
@@ -58,7 +59,8 @@ pub enum Flow {
 struct Subscription {
     destination: String,
     key: String,
-    kind: Kind,
+    /// `None`: a chat subscription, delivered by the gateway.
+    kind: Option<Kind>,
     ack: AckMode,
 }
 
@@ -297,7 +299,7 @@ impl Session {
                 )),
             }
         } else {
-            self.on_frame(frame)
+            self.on_frame(frame).await
         };
         match result {
             Ok(Outcome::Done) => {
@@ -426,6 +428,8 @@ impl Session {
         self.conn
             .set_heartbeat_send_ms(agreed.send_every.map_or(0, |d| d.as_millis() as u64));
         tracing::debug!(session = %self.conn.id, user = %principal.username, %version, "connected");
+        self.shared.chat.gateway.user_connected(&user_id).await;
+        self.shared.presence.connected(&user_id).await;
         self.auth = Some(Authenticated { user_id });
         Ok(())
     }
@@ -481,7 +485,7 @@ impl Session {
             .unwrap_or_else(|| "".into())
     }
 
-    fn on_frame(&mut self, frame: Frame) -> Result<Outcome, Violation> {
+    async fn on_frame(&mut self, frame: Frame) -> Result<Outcome, Violation> {
         match frame.command {
             Command::Connect | Command::Stomp => Err(violation(
                 "already connected",
@@ -493,9 +497,9 @@ impl Session {
                     let tx = tx.to_owned();
                     return self.buffer_in_transaction(&tx, frame);
                 }
-                Ok(self.send(&dest, &frame))
+                Ok(self.send(&dest, &frame).await)
             }
-            Command::Subscribe => self.subscribe(&frame),
+            Command::Subscribe => self.subscribe(&frame).await,
             Command::Unsubscribe => {
                 let id = match frame.header(header::ID) {
                     Some(id) => id.to_owned(),
@@ -542,7 +546,9 @@ impl Session {
                     match f.command {
                         Command::Send => {
                             let dest = f.header(header::DESTINATION).unwrap_or_default().to_owned();
-                            if let Outcome::Refused(e) = self.send(&dest, &f) {
+                            // A chat send's RECEIPT belongs to its SEND, which
+                            // was answered when it was buffered.
+                            if let Outcome::Refused(e) = self.send(&dest, &f).await {
                                 self.app_error(e, None);
                             }
                         }
@@ -584,8 +590,19 @@ impl Session {
         Ok(Outcome::Done)
     }
 
-    /// SEND to a generic destination.
-    fn send(&mut self, dest: &str, frame: &Frame) -> Outcome {
+    /// SEND to any destination.
+    async fn send(&mut self, dest: &str, frame: &Frame) -> Outcome {
+        if dest.starts_with("/app/") || dest.starts_with("/topic/chat/") {
+            let in_tx = frame.header(header::TRANSACTION).is_some();
+            let receipt = frame
+                .header(header::RECEIPT)
+                .filter(|_| !in_tx)
+                .map(str::to_owned);
+            return match self.chat_send(dest, frame, receipt).await {
+                Ok(o) => o,
+                Err(e) => Outcome::Refused(e),
+            };
+        }
         let kind = match destination_kind(dest) {
             Some(k) if !dest.starts_with("/user/") => k,
             _ => {
@@ -623,7 +640,7 @@ impl Session {
         Outcome::Done
     }
 
-    fn subscribe(&mut self, frame: &Frame) -> Result<Outcome, Violation> {
+    async fn subscribe(&mut self, frame: &Frame) -> Result<Outcome, Violation> {
         let dest = required(frame, header::DESTINATION)?.to_owned();
         let id = match frame.header(header::ID) {
             Some(id) => id.to_owned(),
@@ -653,6 +670,9 @@ impl Session {
                 "too many subscriptions",
                 "the per-connection subscription limit was reached",
             ));
+        }
+        if let Some(chat) = ChatDest::parse(&dest) {
+            return self.chat_subscribe(frame, id, dest, chat, ack).await;
         }
         let (key, kind) = if let Some(rest) = dest.strip_prefix("/user/") {
             if !rest.starts_with("queue/") {
@@ -687,7 +707,7 @@ impl Session {
             Subscription {
                 destination: dest,
                 key: key.clone(),
-                kind,
+                kind: Some(kind),
                 ack,
             },
         );
@@ -707,11 +727,19 @@ impl Session {
         let Some(sub) = self.subs.remove(id) else {
             return;
         };
+        let Some(kind) = sub.kind else {
+            self.shared
+                .chat
+                .gateway
+                .unsubscribe(&self.conn.id, &Arc::from(id));
+            self.conn.drain_pending(Some(id));
+            return;
+        };
         self.shared
             .broker
-            .unsubscribe(&sub.key, sub.kind, &self.conn.id, id);
+            .unsubscribe(&sub.key, kind, &self.conn.id, id);
         let pending = self.conn.drain_pending(Some(id));
-        if sub.kind == Kind::Queue {
+        if kind == Kind::Queue {
             let msgs = pending.into_iter().filter_map(|p| p.queued).collect();
             self.shared.broker.requeue(&sub.key, msgs, None);
         }
@@ -732,6 +760,18 @@ impl Session {
                     format!("message {id} is not awaiting acknowledgement"),
                 )
             })?;
+        if frame.command == Command::Ack {
+            if let Some(a) = &self.auth {
+                for (_, p) in &acked {
+                    if let Some((cid, seq)) = &p.chat {
+                        self.shared
+                            .chat
+                            .gateway
+                            .delivered(a.user_id.clone(), cid.clone(), *seq);
+                    }
+                }
+            }
+        }
         if frame.command == Command::Nack {
             let mut by_sub: HashMap<Arc<str>, Vec<Arc<SharedMessage>>> = HashMap::new();
             for (_, p) in acked {
@@ -747,6 +787,189 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// SUBSCRIBE to a chat destination: members only; `since-seq` replays.
+    async fn chat_subscribe(
+        &mut self,
+        frame: &Frame,
+        id: String,
+        dest: String,
+        chat: ChatDest,
+        ack: AckMode,
+    ) -> Result<Outcome, Violation> {
+        let user = self.user_id();
+        let since = match frame.header("since-seq") {
+            None => None,
+            Some(v) => match v.trim().parse::<i64>() {
+                Ok(n) if n >= 0 => Some(n),
+                _ => {
+                    return Ok(Outcome::Refused(AppError {
+                        code: "invalid_since_seq",
+                        message: "since-seq must be a non-negative integer".into(),
+                    }))
+                }
+            },
+        };
+        if let Some(cid) = chat.conversation() {
+            if let Err(e) = self.shared.chat.ensure_member(&user, cid).await {
+                return Ok(Outcome::Refused(chat_app_error(e)));
+            }
+        }
+        // The RECEIPT goes out before replayed messages.
+        if let Some(r) = frame.header(header::RECEIPT) {
+            self.push(frames::receipt(self.conn.version(), r));
+        }
+        let sub_id: Arc<str> = id.as_str().into();
+        self.subs.insert(
+            id,
+            Subscription {
+                destination: dest.clone(),
+                key: dest,
+                kind: None,
+                ack,
+            },
+        );
+        let sub = Subscriber {
+            conn: self.conn.clone(),
+            id: sub_id,
+            ack,
+        };
+        if let Err(e) = self
+            .shared
+            .chat
+            .gateway
+            .subscribe(sub, user.clone(), chat, since)
+            .await
+        {
+            tracing::warn!(error = %e, "chat subscribe failed");
+            self.app_error(
+                AppError {
+                    code: "unavailable",
+                    message: "the subscription could not be started".into(),
+                },
+                None,
+            );
+        }
+        Ok(Outcome::Answered)
+    }
+
+    /// SEND to `/app/…` or `/topic/chat/{cid}`.
+    async fn chat_send(
+        &mut self,
+        dest: &str,
+        frame: &Frame,
+        receipt: Option<String>,
+    ) -> Result<Outcome, AppError> {
+        let user = self.user_id();
+        let chat = self.shared.chat.clone();
+        let bad_json = |what: &str| AppError {
+            code: "invalid_json",
+            message: format!("the body must be JSON {what}"),
+        };
+        let text = || {
+            std::str::from_utf8(&frame.body).map_err(|_| AppError {
+                code: "invalid_utf8",
+                message: "the body must be UTF-8 text".into(),
+            })
+        };
+        match dest {
+            "/app/chat.send" => {
+                let v: serde_json::Value = serde_json::from_slice(&frame.body)
+                    .map_err(|_| bad_json("{conversationId, body, clientMsgId?}"))?;
+                let (Some(cid), Some(body)) = (v["conversationId"].as_str(), v["body"].as_str())
+                else {
+                    return Err(bad_json("{conversationId, body, clientMsgId?}"));
+                };
+                let client_msg_id = v["clientMsgId"].as_str().map(str::to_owned);
+                self.submit(&chat, &user, cid, body.to_owned(), client_msg_id, receipt)
+                    .await
+            }
+            "/app/chat.typing" => {
+                let v: serde_json::Value = serde_json::from_slice(&frame.body)
+                    .map_err(|_| bad_json("{conversationId, typing}"))?;
+                let (Some(cid), Some(typing)) =
+                    (v["conversationId"].as_str(), v["typing"].as_bool())
+                else {
+                    return Err(bad_json("{conversationId, typing}"));
+                };
+                chat.typing(&user, cid, typing)
+                    .await
+                    .map_err(chat_app_error)?;
+                Ok(Outcome::Done)
+            }
+            "/app/chat.read" => {
+                let v: serde_json::Value = serde_json::from_slice(&frame.body)
+                    .map_err(|_| bad_json("{conversationId, upToSeq}"))?;
+                let Some(cid) = v["conversationId"].as_str() else {
+                    return Err(bad_json(
+                        "{conversationId, upToSeq} or {conversationId, messageIds}",
+                    ));
+                };
+                let result = if let Some(seq) = v["upToSeq"].as_i64() {
+                    chat.mark_read(&user, cid, seq).await
+                } else if let Some(ids) = v["messageIds"].as_array() {
+                    let ids: Vec<String> = ids
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_owned))
+                        .collect();
+                    chat.mark_read_ids(&user, cid, &ids).await
+                } else {
+                    return Err(bad_json(
+                        "{conversationId, upToSeq} or {conversationId, messageIds}",
+                    ));
+                };
+                result.map_err(chat_app_error)?;
+                Ok(Outcome::Done)
+            }
+            "/app/presence.set" => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&frame.body).map_err(|_| bad_json("{status}"))?;
+                let status = v["status"].as_str().unwrap_or_default();
+                self.shared
+                    .presence
+                    .set_status(&user, status)
+                    .await
+                    .map_err(|m| AppError {
+                        code: "invalid_status",
+                        message: m.into(),
+                    })?;
+                Ok(Outcome::Done)
+            }
+            _ => match ChatDest::parse(dest) {
+                Some(ChatDest::Messages(cid)) => {
+                    let body = text()?.to_owned();
+                    let client_msg_id = frame.header("client-msg-id").map(str::to_owned);
+                    self.submit(&chat, &user, &cid, body, client_msg_id, receipt)
+                        .await
+                }
+                _ => Err(AppError {
+                    code: "unknown_destination",
+                    message: format!("cannot send to {dest}"),
+                }),
+            },
+        }
+    }
+
+    async fn submit(
+        &self,
+        chat: &crate::chat::Chat,
+        user: &Arc<str>,
+        cid: &str,
+        body: String,
+        client_msg_id: Option<String>,
+        receipt: Option<String>,
+    ) -> Result<Outcome, AppError> {
+        let completion = Completion::Stomp {
+            conn: self.conn.clone(),
+            user_id: user.clone(),
+            receipt,
+        };
+        chat.submit(user, cid, body, client_msg_id, completion)
+            .await
+            .map_err(chat_app_error)?;
+        // The RECEIPT follows once the message is durable.
+        Ok(Outcome::Answered)
     }
 
     /// Reports an application error on the user's `/user/queue/errors`.
@@ -780,14 +1003,11 @@ impl Session {
         self.transactions.clear();
         if let Some(a) = &self.auth {
             self.shared.registry.unregister(&a.user_id, &self.conn.id);
+            self.shared.chat.gateway.user_disconnected(&a.user_id);
+            self.shared.presence.disconnected(&a.user_id);
         }
         self.conn.push_final([], 1000);
     }
-}
-
-/// The broker key of a user destination.
-pub fn user_key(user_id: &str, dest: &str) -> String {
-    format!("user:{user_id}:{dest}")
 }
 
 fn destination_kind(dest: &str) -> Option<Kind> {
@@ -797,6 +1017,13 @@ fn destination_kind(dest: &str) -> Option<Kind> {
         Some(Kind::Queue)
     } else {
         None
+    }
+}
+
+fn chat_app_error(e: ChatError) -> AppError {
+    AppError {
+        code: e.code(),
+        message: e.to_string(),
     }
 }
 

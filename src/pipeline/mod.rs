@@ -1,0 +1,299 @@
+//! The durable half of the message path: the persister and the outbox
+//! dispatcher.
+//!
+//! The **persister** takes sends off the bus in batches and stores each
+//! batch in ONE transaction (messages with their seq, outbox rows); only then
+//! does it commit the bus position. It then publishes, straight from memory,
+//! the `message.created` events, unread counters and the durable
+//! acknowledgements the senders' gateways wait for, and deletes the outbox
+//! rows it published.
+//!
+//! The **dispatcher** publishes every other outbox row (edits, deletes,
+//! membership changes: written by the change's own transaction) as soon as
+//! it is kicked, and sweeps up `message.created` rows that a crash or a
+//! failed publish left behind. Publishing is at-least-once; gateways drop
+//! duplicates by seq.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{BusConsumer, SendCommand};
+use crate::chat::events::{self, kind, user_queue, Event};
+use crate::metrics::names;
+use crate::relay::Relay;
+use crate::store::{Message, OutboxRow, Persisted, Store};
+
+/// Most sends stored in one transaction.
+pub const MAX_BATCH: usize = 1000;
+
+/// How old a `message.created` outbox row must be before the sweeper
+/// assumes its persister did not publish it.
+const SWEEP_AFTER: Duration = Duration::from_secs(5);
+
+/// One publication an outbox row stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publication {
+    /// Relay channel.
+    pub channel: String,
+    /// The event.
+    pub event: Event,
+}
+
+/// Encodes the publications of a non-`message.created` outbox row.
+pub fn encode_publications(list: &[Publication]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Runs the persister until the bus closes or shutdown.
+pub async fn run_persister(
+    mut consumer: impl BusConsumer,
+    store: Arc<dyn Store>,
+    relay: Arc<dyn Relay>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        // After shutdown began, what is still on the bus is drained: the
+        // sessions are gone, so the queue only shrinks.
+        let batch = if shutdown.is_cancelled() {
+            match tokio::time::timeout(Duration::from_millis(200), consumer.next_batch(MAX_BATCH))
+                .await
+            {
+                Ok(b) => b,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => continue,
+                b = consumer.next_batch(MAX_BATCH) => b,
+            }
+        };
+        let batch = match batch {
+            Ok(b) if b.is_empty() => return,
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the message bus failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        metrics::histogram!(names::PERSIST_BATCH).record(batch.len() as f64);
+        let outcomes = persist_with_retry(&*store, &batch).await;
+        if let Err(e) = consumer.commit().await {
+            tracing::warn!(error = %e, "committing the bus position failed");
+        }
+        publish_outcomes(&*store, &*relay, &batch, outcomes).await;
+    }
+}
+
+/// Stores a batch, retrying with backoff: a batch is never dropped.
+async fn persist_with_retry(store: &dyn Store, batch: &[SendCommand]) -> Vec<Persisted> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let msgs = batch.iter().map(|c| c.message.clone()).collect();
+        match store.persist_messages(msgs).await {
+            Ok(o) => return o,
+            Err(e) => {
+                metrics::counter!(names::PERSIST_FAILURES).increment(1);
+                tracing::error!(error = %e, size = batch.len(), "persisting a batch failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn publish(relay: &dyn Relay, channel: &str, ev: &Event) -> bool {
+    match relay.publish(channel, ev.to_bytes()).await {
+        Ok(()) => true,
+        Err(e) => {
+            metrics::counter!(names::RELAY_PUBLISH_FAILURES).increment(1);
+            tracing::warn!(error = %e, %channel, "relay publish failed");
+            false
+        }
+    }
+}
+
+/// The acknowledgement a sender's gateway waits for.
+fn durable(
+    cmd: &SendCommand,
+    message: Option<&Message>,
+    duplicate: bool,
+    error: Option<&str>,
+) -> Event {
+    let k = if duplicate {
+        kind::DURABLE_DUPLICATE
+    } else {
+        kind::DURABLE
+    };
+    let mut ev = match message {
+        Some(m) => Event::message(k, m),
+        None => Event::new(kind::DURABLE, serde_json::Value::Null),
+    };
+    ev.request_id = Some(cmd.request_id.clone());
+    ev.error = error.map(str::to_owned);
+    ev
+}
+
+async fn publish_outcomes(
+    store: &dyn Store,
+    relay: &dyn Relay,
+    batch: &[SendCommand],
+    outcomes: Vec<Persisted>,
+) {
+    let mut published = Vec::new();
+    // Conversation -> newest seq in this batch, for the unread counters.
+    let mut touched: BTreeMap<String, i64> = BTreeMap::new();
+    for (cmd, outcome) in batch.iter().zip(outcomes) {
+        let ack = match &outcome {
+            Persisted::Created { message, outbox_id } => {
+                metrics::counter!(names::MESSAGES_PERSISTED).increment(1);
+                let ev = Event::message(kind::MESSAGE_CREATED, message);
+                if publish(
+                    relay,
+                    &events::conversation_channel(&message.conversation_id),
+                    &ev,
+                )
+                .await
+                {
+                    published.push(*outbox_id);
+                }
+                let e = touched
+                    .entry(message.conversation_id.clone())
+                    .or_insert(message.seq);
+                *e = (*e).max(message.seq);
+                durable(cmd, Some(message), false, None)
+            }
+            Persisted::Duplicate(message) => durable(cmd, Some(message), true, None),
+            Persisted::NotMember => durable(cmd, None, false, Some("not_member")),
+        };
+        publish(relay, &events::instance_channel(&cmd.origin), &ack).await;
+    }
+    for (cid, _) in touched {
+        publish_unread(store, relay, &cid).await;
+    }
+    if !published.is_empty() {
+        if let Err(e) = store.outbox_delete(published).await {
+            // The sweeper will publish them again: duplicates, not loss.
+            tracing::warn!(error = %e, "deleting published outbox rows failed");
+        }
+    }
+}
+
+/// Pushes each member's unread counter for `cid` to their notifications.
+pub async fn publish_unread(store: &dyn Store, relay: &dyn Relay, cid: &str) {
+    let conv = match store.conversation(cid).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "loading members for unread counters failed");
+            return;
+        }
+    };
+    for m in &conv.members {
+        let unread = (conv.last_seq - m.last_read_seq).max(0);
+        let payload = serde_json::json!({"conversationId": cid, "unreadCount": unread, "lastSeq": conv.last_seq});
+        let ev = Event::for_user_queue(kind::UNREAD, user_queue::NOTIFICATIONS, Some(cid), payload);
+        publish(relay, &events::user_channel(&m.user_id), &ev).await;
+    }
+}
+
+/// Publishes outbox rows: on a kick (a change just committed) and
+/// periodically (rows a crash or a failed publish left behind).
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    relay: Arc<dyn Relay>,
+    kick: Notify,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `store` publishing to `relay`.
+    pub fn new(store: Arc<dyn Store>, relay: Arc<dyn Relay>) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            store,
+            relay,
+            kick: Notify::new(),
+        })
+    }
+
+    /// A change with outbox rows committed: publish them now.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.kick.notified() => {}
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "outbox sweep failed");
+            }
+        }
+    }
+
+    /// Publishes what is due: every row but recent `message.created` ones,
+    /// which their persister is publishing.
+    pub async fn sweep(&self) -> Result<usize, crate::store::StoreError> {
+        let now = crate::store::now();
+        let rows = self.store.outbox_due(now, 500).await?;
+        let mut done = Vec::new();
+        let mut unread: HashMap<String, ()> = HashMap::new();
+        for row in rows {
+            if row.event.kind == kind::MESSAGE_CREATED {
+                if now - row.created_at < SWEEP_AFTER {
+                    continue;
+                }
+                if self.republish_created(&row).await? {
+                    if let Some(c) = &row.event.conversation_id {
+                        unread.insert(c.clone(), ());
+                    }
+                    done.push(row.id);
+                }
+                continue;
+            }
+            let list: Vec<Publication> =
+                serde_json::from_str(&row.event.payload).unwrap_or_default();
+            let mut ok = true;
+            for p in &list {
+                ok &= publish(&*self.relay, &p.channel, &p.event).await;
+            }
+            if ok {
+                done.push(row.id);
+            }
+        }
+        for cid in unread.keys() {
+            publish_unread(&*self.store, &*self.relay, cid).await;
+        }
+        let n = done.len();
+        if n > 0 {
+            metrics::counter!(names::OUTBOX_SWEPT).increment(n as u64);
+            self.store.outbox_delete(done).await?;
+        }
+        Ok(n)
+    }
+
+    async fn republish_created(&self, row: &OutboxRow) -> Result<bool, crate::store::StoreError> {
+        let Some(id) = &row.event.message_id else {
+            return Ok(true);
+        };
+        let Some(m) = self.store.message(id).await? else {
+            return Ok(true); // gone (retention): nothing to announce
+        };
+        let ev = Event::message(kind::MESSAGE_CREATED, &m);
+        Ok(publish(
+            &*self.relay,
+            &events::conversation_channel(&m.conversation_id),
+            &ev,
+        )
+        .await)
+    }
+}
