@@ -1,32 +1,20 @@
-//! The account REST API over real HTTP: `api::router` served on an ephemeral
-//! port with a SQLite store in a temporary directory.
+//! The account REST API over real HTTP: the real server (`server::start`)
+//! on ephemeral ports with a SQLite store in a temporary directory.
 
-use std::sync::{Arc, OnceLock};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use reqwest::{header, Client, Response, StatusCode};
 use serde_json::{json, Value};
 use stompline::api::{self, ApiState};
-use stompline::auth::{Auth, AuthSettings};
-use stompline::store::{self, Store};
-use tempfile::TempDir;
+use stompline::store;
 
 struct TestServer {
     base: String,
     http: Client,
-    _dir: TempDir,
-}
-
-/// One process-wide Prometheus recorder, so auth failure counters are seen.
-fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .expect("install recorder")
-        })
-        .clone()
+    _server: support::TestServer,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -34,29 +22,36 @@ impl TestServer {
         Self::start_with(Duration::from_secs(600), None).await
     }
 
-    /// `database_url` `None` uses SQLite in the temporary directory.
+    /// `database_url` `None` serves the real server's SQLite store. With a
+    /// URL, the API is served over a store opened from that URL (without
+    /// migrating, so an unreachable database still gives a running API)
+    /// next to the real server's other parts.
     async fn start_with(access_ttl: Duration, database_url: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = store::open(database_url.unwrap_or(""), dir.path(), 2)
-            .await
-            .expect("open store");
-        if database_url.is_none() {
-            store.migrate().await.expect("migrate");
-        }
-        let settings = AuthSettings {
-            data_dir: dir.path().to_path_buf(),
-            access_ttl,
+        let server = support::TestServer::start_with(|c| {
+            c.auth.access_token_ttl_secs = access_ttl.as_secs();
             // Smaller memory keeps the suite quick; the algorithm and the
             // code path are the production ones.
-            argon2_memory_kib: 4096,
-            argon2_iterations: 1,
-            ..AuthSettings::default()
+            c.auth.argon2_memory_kib = 4096;
+            c.auth.argon2_iterations = 1;
+        })
+        .await;
+        let Some(url) = database_url else {
+            return Self {
+                base: format!("http://{}", server.http),
+                http: Client::new(),
+                _server: server,
+                _dir: None,
+            };
         };
-        let auth = Arc::new(Auth::new(settings, store.clone()).expect("auth"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store::open(url, dir.path(), 2).await.expect("open store");
+        let shared = &server.running.shared;
         let app = api::router(ApiState {
-            auth,
+            auth: shared.auth.clone(),
             store,
-            metrics: Some(metrics_handle()),
+            metrics: None,
+            chat: shared.chat.clone(),
+            presence: shared.presence.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -66,7 +61,8 @@ impl TestServer {
         Self {
             base: format!("http://{addr}"),
             http: Client::new(),
-            _dir: dir,
+            _server: server,
+            _dir: Some(dir),
         }
     }
 

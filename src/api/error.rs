@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::auth::AuthError;
+use crate::chat::ChatError;
 use crate::store::StoreError;
 
 /// An API failure; renders as `{"error":{"code","message"}}` with the
@@ -51,6 +52,15 @@ pub enum ApiError {
     /// 413: body over the limit.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// 413: a field of an accepted body is over its own limit (e.g. a chat
+    /// message body).
+    #[error("{message}")]
+    TooLarge {
+        /// snake_case code.
+        code: &'static str,
+        /// Human text.
+        message: String,
+    },
     /// 415: body is not `application/json`.
     #[error("expected a JSON body with content-type application/json")]
     UnsupportedMediaType,
@@ -94,7 +104,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge | Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,7 +117,8 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. }
             | Self::Unauthorized { code, .. }
-            | Self::Conflict { code, .. } => code,
+            | Self::Conflict { code, .. }
+            | Self::TooLarge { code, .. } => code,
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -192,6 +203,33 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        let code = e.code();
+        let message = e.to_string();
+        match e {
+            ChatError::NotFound(_) => Self::NotFound(message),
+            ChatError::Forbidden(_) => Self::Forbidden(message),
+            ChatError::Invalid { code, message } => Self::BadRequest { code, message },
+            ChatError::TooLarge(_) => Self::TooLarge { code, message },
+            ChatError::RateLimited { retry_after } => Self::TooManyRequests {
+                retry_after: retry_after_secs(retry_after),
+            },
+            ChatError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "chat operation unavailable");
+                Self::Unavailable(detail)
+            }
+            ChatError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up and at least 1 (a client
+/// told "0" would retry at once and be refused again).
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
@@ -257,6 +295,63 @@ mod tests {
         let response = ApiError::TooManyRequests { retry_after: 7 }.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[test]
+    fn chat_errors_map_to_their_statuses() {
+        use std::time::Duration;
+        for (e, status, code) in [
+            (
+                ChatError::NotFound("no such conversation"),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                ChatError::Forbidden("no"),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+            ),
+            (
+                ChatError::Invalid {
+                    code: "empty_message",
+                    message: "message body is empty".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                "empty_message",
+            ),
+            (
+                ChatError::TooLarge(16),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+            ),
+            (
+                ChatError::Unavailable("down".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                ChatError::Store(StoreError::Conflict {
+                    field: "direct_key".into(),
+                }),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+        ] {
+            let api: ApiError = e.into();
+            assert_eq!((api.status(), api.code()), (status, code));
+        }
+        for (wait, secs) in [
+            (Duration::ZERO, "1"),
+            (Duration::from_millis(10), "1"),
+            (Duration::from_millis(1000), "1"),
+            (Duration::from_millis(1001), "2"),
+            (Duration::from_secs(3), "3"),
+        ] {
+            let api: ApiError = ChatError::RateLimited { retry_after: wait }.into();
+            let response = api.into_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()[header::RETRY_AFTER], secs, "{wait:?}");
+        }
     }
 
     #[test]
