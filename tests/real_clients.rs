@@ -8,16 +8,16 @@
 //! cargo (see tests/clients/README.md); when they are missing the test prints
 //! a notice and skips, unless `STOMPLINE_REQUIRE_CLIENTS=1`, then it fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How long the server may take to log its addresses.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+mod support;
+use support::process::ServerProcess as Server;
+
 /// How long one client suite may run.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(50);
@@ -43,150 +43,6 @@ fn missing(what: &str) {
         std::io::stderr(),
         "SKIPPED real-client suite: {what} ({how}; set STOMPLINE_REQUIRE_CLIENTS=1 to fail instead)"
     );
-}
-
-/// The server process; killed (and its data directory removed) on drop.
-struct Server {
-    child: Child,
-    http: String,
-    stomp: String,
-    log: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temp data dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stompline"))
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--stomp-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            // Settings from the caller's environment must not leak in.
-            .env_remove("STOMPLINE_DATABASE_URL")
-            .env_remove("STOMPLINE_CONFIG")
-            .env("RUST_LOG", "info")
-            .env("STOMPLINE_LOG_FORMAT", "human")
-            .env("NO_COLOR", "1")
-            // Cheaper password hashing keeps registration quick; production
-            // parameters are covered by tests/api_accounts.rs.
-            .env("STOMPLINE_AUTH__ARGON2_MEMORY_KIB", "1024")
-            .env("STOMPLINE_AUTH__ARGON2_ITERATIONS", "1")
-            // 1 s heart-beats both ways, so the clients' heart-beat tests see
-            // several beats and a silent client would be dropped in ~2 s.
-            .env("STOMPLINE_STOMP__HEARTBEAT_SEND_MS", "1000")
-            .env("STOMPLINE_STOMP__HEARTBEAT_RECV_MS", "1000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn stompline");
-
-        // Drain stderr for the whole run (a full pipe would stall the
-        // server), keeping it for the report and passing lines on until the
-        // addresses are found.
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-                drop(log);
-                let _ = tx.send(line);
-            }
-        });
-
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let mut server = Server {
-            child,
-            http: String::new(),
-            stomp: String::new(),
-            log,
-            _dir: dir,
-        };
-        loop {
-            match rx.recv_timeout(POLL) {
-                Ok(line) => {
-                    if let Some((http, stomp)) = parse_listening(&line) {
-                        server.http = http;
-                        server.stomp = stomp;
-                        return server;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = server.child.wait().ok();
-                    panic!(
-                        "stompline exited ({status:?}) before listening:\n{}",
-                        server.log()
-                    );
-                }
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!(
-                    "stompline exited ({status}) before listening:\n{}",
-                    server.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stompline did not log its addresses within {STARTUP_TIMEOUT:?}:\n{}",
-                server.log()
-            );
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `(http, stomp)` from a line like `... listening http=127.0.0.1:1 stomp=127.0.0.1:2`.
-fn parse_listening(line: &str) -> Option<(String, String)> {
-    let line = strip_ansi(line);
-    if !line.contains("listening") {
-        return None;
-    }
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .map(|v| v.trim_matches(|c| c == '"' || c == ',').to_owned())
-    };
-    Some((field("http=")?, field("stomp=")?))
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ ... final byte in @..~
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Runs `cmd` to completion (killing it after [`SUITE_TIMEOUT`]) and returns
@@ -273,7 +129,8 @@ fn stompjs_over_websocket() {
     if !on_path("npm") || !on_path("node") {
         return missing("node/npm are not on PATH");
     }
-    let server = Server::start();
+    let dir = tempfile::tempdir().expect("temp data dir");
+    let server = Server::start(dir.path(), &[]);
     let mut cmd = Command::new("npm");
     cmd.args(["test", "--silent"]).current_dir(&dir);
     let (status, out) = run_suite("stompjs (npm test)", cmd, &server);
@@ -291,24 +148,10 @@ fn stomp_py_over_tcp() {
     if !pytest.is_file() {
         return missing("the venv tests/clients/python/.venv with pytest is not installed");
     }
-    let server = Server::start();
+    let dir = tempfile::tempdir().expect("temp data dir");
+    let server = Server::start(dir.path(), &[]);
     let mut cmd = Command::new(&pytest);
     cmd.args(["-v", "--color=no"]).current_dir(&dir);
     let (status, out) = run_suite("stomp.py (pytest)", cmd, &server);
     assert_suite_passed("stomp.py (pytest)", status, &out, &server);
-}
-
-#[test]
-fn parses_the_listening_line() {
-    let human = "2026-01-01T00:00:00Z  INFO stompline::server: listening http=127.0.0.1:39631 stomp=127.0.0.1:45613";
-    assert_eq!(
-        parse_listening(human),
-        Some(("127.0.0.1:39631".into(), "127.0.0.1:45613".into()))
-    );
-    let colored = "\u{1b}[32m INFO\u{1b}[0m \u{1b}[2mstompline::server\u{1b}[0m\u{1b}[2m:\u{1b}[0m listening http=127.0.0.1:1 stomp=[::1]:2";
-    assert_eq!(
-        parse_listening(colored),
-        Some(("127.0.0.1:1".into(), "[::1]:2".into()))
-    );
-    assert_eq!(parse_listening("INFO starting http=1 stomp=2"), None);
 }

@@ -503,10 +503,17 @@ async fn duplicate_subscription_id_is_a_protocol_error() {
 
 #[tokio::test]
 async fn forbidden_destinations_are_application_errors_on_user_queue_errors() {
-    let srv = TestServer::start().await;
+    use stompline::config::{AclPolicy, AclRule};
+    let srv = TestServer::start_with(|c| {
+        c.acl.rules.insert(
+            0,
+            AclRule::new("/topic/secret/**", AclPolicy::Deny, AclPolicy::Deny),
+        )
+    })
+    .await;
     let (mut c, _) = srv.user("acl").await;
     c.subscribe("e", "/user/queue/errors", "auto").await;
-    c.send(b"SUBSCRIBE\nid:2\ndestination:/topic/chat/123\nreceipt:r1\n\n\0")
+    c.send(b"SUBSCRIBE\nid:2\ndestination:/topic/secret/plans\nreceipt:r1\n\n\0")
         .await;
     let m = c.expect(Command::Message).await;
     assert_eq!(m.header("event"), Some("error"));
@@ -514,6 +521,12 @@ async fn forbidden_destinations_are_application_errors_on_user_queue_errors() {
     assert_eq!(m.header("receipt-id"), Some("r1"));
     let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
     assert_eq!(body["code"], "forbidden");
+    // A conversation the user is not in looks like one that does not exist.
+    c.send(b"SUBSCRIBE\nid:3\ndestination:/topic/chat/123\nreceipt:r0\n\n\0")
+        .await;
+    let m = c.expect(Command::Message).await;
+    assert_eq!(m.header("code"), Some("not_found"));
+    assert_eq!(m.header("receipt-id"), Some("r0"));
     c.send(b"SEND\ndestination:/nowhere\nreceipt:r2\n\nx\0")
         .await;
     let m = c.expect(Command::Message).await;

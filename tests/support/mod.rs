@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -79,8 +80,7 @@ impl TestServer {
     }
 
     pub async fn tcp(&self) -> Client {
-        let s = TcpStream::connect(self.stomp).await.expect("tcp connect");
-        Client::new(Transport::Tcp(s))
+        Client::tcp(&self.stomp.to_string()).await
     }
 
     /// A WebSocket client offering `protocols` (may be empty), with an
@@ -142,6 +142,12 @@ pub struct Client {
 }
 
 impl Client {
+    /// A raw TCP client of the server at `addr`.
+    pub async fn tcp(addr: &str) -> Client {
+        let s = TcpStream::connect(addr).await.expect("tcp connect");
+        Client::new(Transport::Tcp(s))
+    }
+
     fn new(transport: Transport) -> Client {
         Client {
             transport,
@@ -313,13 +319,31 @@ impl Client {
         self.expect(Command::Connected).await
     }
 
-    /// SUBSCRIBE and wait for its RECEIPT.
+    /// SUBSCRIBE and wait for its RECEIPT (frames arriving meanwhile are
+    /// kept for later reads).
     pub async fn subscribe(&mut self, id: &str, dest: &str, ack: &str) {
+        let receipt = format!("sub-{id}");
         let f =
-            format!("SUBSCRIBE\nid:{id}\ndestination:{dest}\nack:{ack}\nreceipt:sub-{id}\n\n\0");
+            format!("SUBSCRIBE\nid:{id}\ndestination:{dest}\nack:{ack}\nreceipt:{receipt}\n\n\0");
         self.send(f.as_bytes()).await;
-        let r = self.expect(Command::Receipt).await;
-        assert_eq!(r.header("receipt-id"), Some(format!("sub-{id}").as_str()));
+        self.await_receipt(&receipt).await;
+    }
+
+    /// Reads until the RECEIPT `receipt_id`, stashing everything else.
+    pub async fn await_receipt(&mut self, receipt_id: &str) -> Frame {
+        let mut held = Vec::new();
+        let receipt = loop {
+            let f = tokio::time::timeout(WAIT, self.read_frame())
+                .await
+                .expect("timed out waiting for a receipt")
+                .expect("closed while waiting for a receipt");
+            if f.command == Command::Receipt && f.header("receipt-id") == Some(receipt_id) {
+                break f;
+            }
+            held.push(f);
+        };
+        self.stash.extend(held);
+        receipt
     }
 
     /// SEND `body` to `dest` and wait for the RECEIPT; frames arriving
@@ -327,17 +351,6 @@ impl Client {
     pub async fn send_to(&mut self, dest: &str, body: &str) {
         let f = format!("SEND\ndestination:{dest}\nreceipt:send\n\n{body}\0");
         self.send(f.as_bytes()).await;
-        let mut held = Vec::new();
-        loop {
-            let f = tokio::time::timeout(WAIT, self.read_frame())
-                .await
-                .expect("timed out waiting for a receipt")
-                .expect("closed while waiting for a receipt");
-            if f.command == Command::Receipt && f.header("receipt-id") == Some("send") {
-                break;
-            }
-            held.push(f);
-        }
-        self.stash.extend(held);
+        self.await_receipt("send").await;
     }
 }
