@@ -110,9 +110,11 @@ def main(path):
             out.append("")
         elif scenario == "idle":
             n = rest[0]
-            out += [f"### idle over {transport}: {n:,} sessions requested, each subscribed to its own destination", "",
-                    "| server | connected | failed | RSS before MiB | RSS after MiB | **KiB per session** | connect s | sessions/s | client CPU (connect) | server CPU (connect) | other CPU (connect) | server CPU (idle) |",
-                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            hb = (ours or theirs)["params"].get("heartbeat_ms", 0)
+            out += [f"### idle over {transport}: {n:,} sessions requested, each subscribed to its own destination"
+                    f"{f', heart-beats every {hb / 1000:g} s both ways' if hb else ''}", "",
+                    "| server | connected | live at reading | failed | RSS before MiB | RSS after MiB | **KiB per session** | connect s | sessions/s | client CPU (connect) | server CPU (connect) | other CPU (connect) | server CPU (idle) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for name, r in pair:
                 if r is None:
                     continue
@@ -121,11 +123,11 @@ def main(path):
                 mib = lambda k: fmt(e[k] / 1024, 1) if e.get(k) is not None else "–"
                 idle_s = e["idle_cpu"].get("server_pct")
                 errs = f" ({'; '.join(e['errors'])})" if e.get("errors") else ""
-                out.append(f"| {name} | {fmt(e['connected'])} | {fmt(e['failed'])}{errs} | {mib('rss_before_kib')} | "
+                out.append(f"| {name} | {fmt(e['connected'])} | {fmt(e.get('live_at_reading'))} | {fmt(e['failed'])}{errs} | {mib('rss_before_kib')} | "
                            f"{mib('rss_after_kib')} | **{fmt(e.get('rss_per_session_kib'), 1)}** | "
                            f"{fmt(e['connect_s'], 1)} | {fmt(e['sessions_per_s'], 0)} | {c} | {s} | {o} | {fmt(idle_s, 1)} % |")
             if ours and theirs:
-                out.append(f"| **ours/theirs** | | | | | **{ratio(ours['extra'].get('rss_per_session_kib'), theirs['extra'].get('rss_per_session_kib'))}** | | | | | | |")
+                out.append(f"| **ours/theirs** | | | | | | **{ratio(ours['extra'].get('rss_per_session_kib'), theirs['extra'].get('rss_per_session_kib'))}** | | | | | | | |")
             out.append("")
     print("\n".join(out))
 

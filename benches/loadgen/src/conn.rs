@@ -71,6 +71,9 @@ pub struct Credentials {
     pub passcode: String,
     /// `host` header (RabbitMQ reads the virtual host from it).
     pub host: String,
+    /// Heart-beat interval offered both ways, ms (0 = none). The caller
+    /// sends its own heart-beats; see [`Writer::send_heartbeat`].
+    pub heartbeat_ms: u64,
 }
 
 /// Frames queued for one write: a single `write` on TCP, one WebSocket
@@ -123,6 +126,15 @@ impl Writer {
             }
         }
         batch.ends.clear();
+        Ok(())
+    }
+
+    /// Sends a heart-beat (one EOL).
+    pub async fn send_heartbeat(&mut self) -> Result<()> {
+        match self {
+            Writer::Tcp(w) => w.write_all(stomp_codec::HEARTBEAT).await?,
+            Writer::Ws(sink) => sink.send(Message::Text(Utf8Bytes::from("\n"))).await?,
+        }
         Ok(())
     }
 
@@ -235,7 +247,7 @@ pub async fn connect(target: &Target, creds: &Credentials, source: Option<IpAddr
         .with_header(header::HOST, &creds.host)
         .with_header(header::LOGIN, &creds.login)
         .with_header(header::PASSCODE, &creds.passcode)
-        .with_header(header::HEART_BEAT, "0,0");
+        .with_header(header::HEART_BEAT, &format!("{0},{0}", creds.heartbeat_ms));
     writer.send_frame(&connect).await?;
     match reader.next_frame().await? {
         Some(f) if f.command == Command::Connected => Ok(Conn { writer, reader }),

@@ -26,6 +26,12 @@ pub struct IdleArgs {
     /// Seconds to keep the sessions open after the reading.
     #[arg(long, default_value_t = 0.0)]
     pub hold: f64,
+    /// Heart-beat interval offered both ways and kept by every session, ms
+    /// (0 = none). Browser clients (stompjs) default to 10 s; without
+    /// traffic some servers close idle WebSocket sessions (RabbitMQ
+    /// Web-STOMP after 60 s).
+    #[arg(long, default_value_t = 10_000)]
+    pub heartbeat_ms: u64,
 }
 
 /// Runs the scenario.
@@ -55,11 +61,21 @@ pub async fn run(s: &Settings, a: &IdleArgs) -> Result<Report> {
             Ok(mut conn) => {
                 let mut stop = stop_rx.clone();
                 let closed = closed.clone();
+                let beat = Duration::from_millis(a.heartbeat_ms.max(1));
+                let beating = a.heartbeat_ms > 0;
                 holders.push(tokio::spawn(async move {
-                    // Read (and drop) whatever comes so a close is noticed.
+                    let mut ticks = tokio::time::interval_at((Instant::now() + beat).into(), beat);
+                    // Read (and drop) whatever comes so a close is noticed;
+                    // keep our side of the heart-beat.
                     loop {
                         tokio::select! {
                             _ = stop.changed() => break,
+                            _ = ticks.tick(), if beating => {
+                                if conn.writer.send_heartbeat().await.is_err() {
+                                    closed.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                            }
                             f = conn.reader.next_frame() => if !matches!(f, Ok(Some(_))) {
                                 closed.fetch_add(1, Ordering::Relaxed);
                                 break;
@@ -79,6 +95,8 @@ pub async fn run(s: &Settings, a: &IdleArgs) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
     let rss_after = s.server_pid.and_then(rss_kib);
     let cpu2 = CpuSample::take(s.server_pid);
+    // Sessions the server closed before the reading do not count.
+    let live = connected.saturating_sub(closed.load(Ordering::Relaxed));
     if a.hold > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
     }
@@ -89,7 +107,7 @@ pub async fn run(s: &Settings, a: &IdleArgs) -> Result<Report> {
     }
 
     let per_session = match (rss_before, rss_after) {
-        (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) / connected as f64),
+        (Some(b), Some(a)) if live > 0 => Some((a as f64 - b as f64) / live as f64),
         _ => None,
     };
     Ok(Report {
@@ -97,6 +115,7 @@ pub async fn run(s: &Settings, a: &IdleArgs) -> Result<Report> {
         label: s.label.clone(),
         target: s.endpoint.target.url.clone(),
         params: json!({ "sessions": a.sessions, "settle_s": a.settle, "parallel": s.parallel,
+                        "heartbeat_ms": a.heartbeat_ms,
                         "source_addresses": s.endpoint.sources.len().max(1) }),
         measured_s: connect_s,
         deliveries_per_s: None,
@@ -110,6 +129,7 @@ pub async fn run(s: &Settings, a: &IdleArgs) -> Result<Report> {
             "connected": connected,
             "failed": failed,
             "errors": errors,
+            "live_at_reading": live,
             "closed_by_server": closed_early,
             "connect_s": connect_s,
             "sessions_per_s": connected as f64 / connect_s.max(1e-9),

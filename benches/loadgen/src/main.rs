@@ -108,6 +108,10 @@ fn main() -> Result<()> {
                 login: cli.login.clone(),
                 passcode: cli.passcode.clone(),
                 host: cli.vhost.clone(),
+                heartbeat_ms: match &cli.scenario {
+                    Scenario::Idle(a) => a.heartbeat_ms,
+                    _ => 0,
+                },
             },
             sources,
         },
