@@ -61,7 +61,10 @@ pub async fn run(s: &Settings, a: &IdleArgs) -> Result<Report> {
             Ok(mut conn) => {
                 let mut stop = stop_rx.clone();
                 let closed = closed.clone();
-                let beat = Duration::from_millis(a.heartbeat_ms.max(1));
+                // Send at half the offered interval: a busy server checks
+                // late-arriving beats strictly (RabbitMQ closed thousands of
+                // sessions beating at exactly the interval).
+                let beat = Duration::from_millis((a.heartbeat_ms / 2).max(1));
                 let beating = a.heartbeat_ms > 0;
                 holders.push(tokio::spawn(async move {
                     let mut ticks = tokio::time::interval_at((Instant::now() + beat).into(), beat);
