@@ -99,6 +99,7 @@ stompline_start() {
     stompline_stop
     [ -n "$SL_DIR" ] && rm -rf "$SL_DIR"
     SL_DIR=$(mktemp -d /tmp/stompline-bench.XXXXXX)
+    rm -f "$OUT/stompline.log" # so the wait below cannot read the previous server's line
     # One bench user holds every session, so its per-user cap is raised;
     # the per-connection inbound rate limit would throttle the max-rate
     # publisher, so it is off (RabbitMQ has none either).

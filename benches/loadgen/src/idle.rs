@@ -40,54 +40,54 @@ pub async fn run(s: &Settings, a: &IdleArgs) -> Result<Report> {
     let rss_before = s.server_pid.and_then(rss_kib);
     let cpu0 = CpuSample::take(s.server_pid);
     let started = Instant::now();
-    let conns = connect_many(&s.endpoint, a.sessions, s.parallel, move |i, mut c| {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let closed = Arc::new(AtomicU64::new(0));
+    // Send at half the offered interval: a busy server checks late beats
+    // strictly.
+    let beat = Duration::from_millis((a.heartbeat_ms / 2).max(1));
+    let beating = a.heartbeat_ms > 0;
+    let closed_in = closed.clone();
+    // Each session starts its holder (heart-beats, close detection) as soon
+    // as it is subscribed: connecting thousands can take longer than a
+    // server lets a silent session live (RabbitMQ Web-STOMP: 60 s).
+    let conns = connect_many(&s.endpoint, a.sessions, s.parallel, move |i, mut conn| {
         let dest = format!("{prefix}.{i}");
+        let mut stop = stop_rx.clone();
+        let closed = closed_in.clone();
         async move {
-            c.subscribe("0", &dest).await?;
-            Ok(c)
+            conn.subscribe("0", &dest).await?;
+            Ok(tokio::spawn(async move {
+                let mut ticks = tokio::time::interval_at((Instant::now() + beat).into(), beat);
+                // Read (and drop) whatever comes so a close is noticed.
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = ticks.tick(), if beating => {
+                            if conn.writer.send_heartbeat().await.is_err() {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                        f = conn.reader.next_frame() => if !matches!(f, Ok(Some(_))) {
+                            closed.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                drop(conn);
+            }))
         }
     })
     .await;
     let connect_s = started.elapsed().as_secs_f64();
     let cpu1 = CpuSample::take(s.server_pid);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let closed = Arc::new(AtomicU64::new(0));
     let mut errors = Vec::new();
     let mut failed = 0u64;
     let mut holders = Vec::new();
     for c in conns {
         match c {
-            Ok(mut conn) => {
-                let mut stop = stop_rx.clone();
-                let closed = closed.clone();
-                // Send at half the offered interval: a busy server checks
-                // late-arriving beats strictly (RabbitMQ closed thousands of
-                // sessions beating at exactly the interval).
-                let beat = Duration::from_millis((a.heartbeat_ms / 2).max(1));
-                let beating = a.heartbeat_ms > 0;
-                holders.push(tokio::spawn(async move {
-                    let mut ticks = tokio::time::interval_at((Instant::now() + beat).into(), beat);
-                    // Read (and drop) whatever comes so a close is noticed;
-                    // keep our side of the heart-beat.
-                    loop {
-                        tokio::select! {
-                            _ = stop.changed() => break,
-                            _ = ticks.tick(), if beating => {
-                                if conn.writer.send_heartbeat().await.is_err() {
-                                    closed.fetch_add(1, Ordering::Relaxed);
-                                    break;
-                                }
-                            }
-                            f = conn.reader.next_frame() => if !matches!(f, Ok(Some(_))) {
-                                closed.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                    }
-                    drop(conn);
-                }));
-            }
+            Ok(holder) => holders.push(holder),
             Err(e) => {
                 failed += 1;
                 note_error(&mut errors, &format!("{e:#}"));

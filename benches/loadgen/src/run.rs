@@ -39,15 +39,16 @@ impl Endpoint {
 
 /// Connects `n` sessions, at most `parallel` handshakes at a time, and runs
 /// `setup` on each (e.g. SUBSCRIBE). Results keep the input order.
-pub async fn connect_many<F, Fut>(
+pub async fn connect_many<F, Fut, T>(
     endpoint: &Endpoint,
     n: usize,
     parallel: usize,
     setup: F,
-) -> Vec<Result<Conn>>
+) -> Vec<Result<T>>
 where
     F: Fn(usize, Conn) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Result<Conn>> + Send,
+    Fut: std::future::Future<Output = Result<T>> + Send,
+    T: Send + 'static,
 {
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
     let mut tasks = Vec::with_capacity(n);
