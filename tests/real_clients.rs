@@ -130,7 +130,11 @@ fn stompjs_over_websocket() {
         return missing("node/npm are not on PATH");
     }
     let dir = tempfile::tempdir().expect("temp data dir");
-    let server = Server::start(dir.path(), &[]);
+    // A 1 s presence grace, so the chat suite sees `offline` quickly.
+    let server = Server::start(
+        dir.path(),
+        &[("STOMPLINE_PRESENCE__OFFLINE_GRACE_MS", "1000")],
+    );
     let mut cmd = Command::new("npm");
     cmd.args(["test", "--silent"]).current_dir(&dir);
     let (status, out) = run_suite("stompjs (npm test)", cmd, &server);
