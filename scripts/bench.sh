@@ -219,9 +219,10 @@ if wants search; then
 fi
 
 if wants idle; then
-    # Each session is one socket on each side; both processes share the
-    # open-file hard limit, which caps the count on this machine.
-    max_sessions=$((NOFILE - 2000))
+    # Each session is one socket on each side, and each process has the
+    # open-file hard limit, which caps the count on this machine. RabbitMQ
+    # stops accepting (file-descriptor alarm) a little below its limit.
+    max_sessions=$((NOFILE - 3000))
     for n in $IDLE_SESSIONS; do
         if [ "$n" -gt "$max_sessions" ]; then
             log "idle: $n sessions do not fit the open-file hard limit $NOFILE; running $max_sessions"

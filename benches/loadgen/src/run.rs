@@ -37,6 +37,9 @@ impl Endpoint {
     }
 }
 
+/// Longest a session may take from TCP connect to its setup being done.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects `n` sessions, at most `parallel` handshakes at a time, and runs
 /// `setup` on each (e.g. SUBSCRIBE). Results keep the input order.
 pub async fn connect_many<F, Fut, T>(
@@ -58,8 +61,15 @@ where
         let setup = setup.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            let conn = endpoint.connect(i).await?;
-            setup(i, conn).await
+            let handshake = async {
+                let conn = endpoint.connect(i).await?;
+                setup(i, conn).await
+            };
+            // A server that stops accepting (e.g. RabbitMQ's file-descriptor
+            // alarm) must fail the session, not hang the run.
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| anyhow::anyhow!("no CONNECTED/RECEIPT within {HANDSHAKE_TIMEOUT:?}"))?
         }));
     }
     let mut out = Vec::with_capacity(n);
