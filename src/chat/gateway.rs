@@ -158,6 +158,13 @@ impl ChatSub {
     }
 }
 
+/// A prepared chat subscription: registered and buffering, not yet
+/// delivering.
+pub struct Activation {
+    chat: Arc<ChatSub>,
+    replay: Option<(String, i64)>,
+}
+
 /// A send waiting for the persister's answer.
 pub enum Completion {
     /// STOMP: answer with RECEIPT (if asked) or an application error.
@@ -289,16 +296,19 @@ impl Gateway {
         self.sends.lock().remove(request_id).map(|p| p.completion)
     }
 
-    /// Adds a chat subscription. The caller has checked membership.
-    /// `since_seq`: replay message events after it from the store first;
-    /// `None`: start after the conversation's current last seq.
+    /// Adds a chat subscription, buffering (not yet delivering) what
+    /// arrives. The caller has checked membership. `since_seq`: replay
+    /// message events after it from the store first; `None`: start after the
+    /// conversation's current last seq. Call [`Gateway::activate`] next
+    /// (after the SUBSCRIBE's RECEIPT, so it precedes every MESSAGE while no
+    /// event committed in between is missed).
     pub async fn subscribe(
         &self,
         sub: Subscriber,
         user_id: Arc<str>,
         dest: ChatDest,
         since_seq: Option<i64>,
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> Result<Activation, crate::store::StoreError> {
         let destination = dest.destination();
         let chat = Arc::new(ChatSub {
             sub,
@@ -317,16 +327,24 @@ impl Gateway {
         // missed.
         let convs: Vec<(String, i64)> = match &dest {
             ChatDest::UserMessages => {
+                // Register under every conversation before reading where
+                // each stands, so nothing committed after the read is missed.
                 self.register(&chat, &[]);
-                let list = self.store.conversations_of(&user_id).await?;
-                let convs: Vec<(String, i64)> = list
-                    .iter()
-                    .map(|s| (s.conversation.id.clone(), s.conversation.last_seq))
-                    .collect();
-                let ids: Vec<String> = convs.iter().map(|(c, _)| c.clone()).collect();
+                let ids = self.store.conversation_ids_of(&user_id).await?;
                 self.register(&chat, &ids);
                 for c in &ids {
                     self.watch(events::conversation_channel(c)).await;
+                }
+                let list = self.store.conversations_of(&user_id).await?;
+                let mut convs = Vec::with_capacity(list.len());
+                for s in list {
+                    let c = s.conversation;
+                    if !ids.contains(&c.id) {
+                        // Joined in between: follow it too.
+                        self.register(&chat, std::slice::from_ref(&c.id));
+                        self.watch(events::conversation_channel(&c.id)).await;
+                    }
+                    convs.push((c.id, c.last_seq));
                 }
                 convs
             }
@@ -355,15 +373,22 @@ impl Gateway {
                 st.cursors.insert(c, last);
             }
         }
-        if let Some(gw) = self.arc() {
-            match replay {
-                Some((cid, after)) => {
-                    tokio::spawn(async move { gw.fill(chat, cid, after, None).await });
-                }
-                None => gw.pump(&chat),
+        Ok(Activation { chat, replay })
+    }
+
+    /// Starts delivering to a subscription prepared by [`Gateway::subscribe`]:
+    /// the replay from the store when asked, then whatever was buffered.
+    pub fn activate(&self, activation: Activation) {
+        let Activation { chat, replay } = activation;
+        let Some(gw) = self.arc() else {
+            return;
+        };
+        match replay {
+            Some((cid, after)) => {
+                tokio::spawn(async move { gw.fill(chat, cid, after, None).await });
             }
+            None => gw.pump(&chat),
         }
-        Ok(())
     }
 
     fn register(&self, chat: &Arc<ChatSub>, convs: &[String]) {

@@ -6,5 +6,5 @@ pub mod events;
 pub mod gateway;
 pub mod service;
 
-pub use gateway::{ChatDest, Completion, Gateway};
+pub use gateway::{Activation, ChatDest, Completion, Gateway};
 pub use service::{Chat, ChatError};

@@ -816,10 +816,6 @@ impl Session {
                 return Ok(Outcome::Refused(chat_app_error(e)));
             }
         }
-        // The RECEIPT goes out before replayed messages.
-        if let Some(r) = frame.header(header::RECEIPT) {
-            self.push(frames::receipt(self.conn.version(), r));
-        }
         let sub_id: Arc<str> = id.as_str().into();
         self.subs.insert(
             id,
@@ -835,21 +831,30 @@ impl Session {
             id: sub_id,
             ack,
         };
-        if let Err(e) = self
+        // Registered (buffering) first, then the RECEIPT, then delivery: the
+        // RECEIPT precedes every MESSAGE and nothing committed meanwhile is
+        // missed.
+        let prepared = self
             .shared
             .chat
             .gateway
             .subscribe(sub, user.clone(), chat, since)
-            .await
-        {
-            tracing::warn!(error = %e, "chat subscribe failed");
-            self.app_error(
-                AppError {
-                    code: "unavailable",
-                    message: "the subscription could not be started".into(),
-                },
-                None,
-            );
+            .await;
+        if let Some(r) = frame.header(header::RECEIPT) {
+            self.push(frames::receipt(self.conn.version(), r));
+        }
+        match prepared {
+            Ok(activation) => self.shared.chat.gateway.activate(activation),
+            Err(e) => {
+                tracing::warn!(error = %e, "chat subscribe failed");
+                self.app_error(
+                    AppError {
+                        code: "unavailable",
+                        message: "the subscription could not be started".into(),
+                    },
+                    None,
+                );
+            }
         }
         Ok(Outcome::Answered)
     }
