@@ -129,10 +129,10 @@ fn stompjs_over_websocket() {
     if !on_path("npm") || !on_path("node") {
         return missing("node/npm are not on PATH");
     }
-    let dir = tempfile::tempdir().expect("temp data dir");
+    let data = tempfile::tempdir().expect("temp data dir");
     // A 1 s presence grace, so the chat suite sees `offline` quickly.
     let server = Server::start(
-        dir.path(),
+        data.path(),
         &[("STOMPLINE_PRESENCE__OFFLINE_GRACE_MS", "1000")],
     );
     let mut cmd = Command::new("npm");
@@ -152,8 +152,8 @@ fn stomp_py_over_tcp() {
     if !pytest.is_file() {
         return missing("the venv tests/clients/python/.venv with pytest is not installed");
     }
-    let dir = tempfile::tempdir().expect("temp data dir");
-    let server = Server::start(dir.path(), &[]);
+    let data = tempfile::tempdir().expect("temp data dir");
+    let server = Server::start(data.path(), &[]);
     let mut cmd = Command::new(&pytest);
     cmd.args(["-v", "--color=no"]).current_dir(&dir);
     let (status, out) = run_suite("stomp.py (pytest)", cmd, &server);
