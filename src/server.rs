@@ -47,8 +47,8 @@ impl Running {
     }
 
     /// Waits until the server has drained (or the drain timeout passed).
-    pub async fn wait(self) {
-        let _ = self.drained.await;
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.drained).await;
     }
 }
 
@@ -400,7 +400,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs the server until SIGTERM/SIGINT, then drains and returns.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let running = start(config).await?;
+        let mut running = start(config).await?;
         shutdown_signal().await;
         running.shutdown();
         running.wait().await;

@@ -16,7 +16,7 @@ async fn pg_server_runs_accounts_and_stomp_on_postgres() {
     };
     let url = db.url.clone();
     let outcome = tokio::spawn(async move {
-        let srv = TestServer::start_with(|c| c.database_url = url).await;
+        let mut srv = TestServer::start_with(|c| c.database_url = url).await;
         let ready = reqwest::get(format!("http://{}/readyz", srv.http))
             .await
             .unwrap();

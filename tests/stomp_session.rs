@@ -786,7 +786,7 @@ async fn slow_consumer_is_disconnected_while_a_fast_one_keeps_receiving() {
 
 #[tokio::test]
 async fn shutdown_tells_tcp_clients_and_finishes() {
-    let srv = TestServer::start().await;
+    let mut srv = TestServer::start().await;
     let (mut c, _) = srv.user("bye").await;
     srv.running.shutdown();
     c.expect_error("server shutting down").await;

@@ -27,6 +27,23 @@ pub struct TestServer {
     pub http: SocketAddr,
     pub stomp: SocketAddr,
     _dir: tempfile::TempDir,
+    /// The scratch PostgreSQL database when the suite runs on PostgreSQL.
+    pg: Option<pg::PgDatabase>,
+}
+
+/// `STOMPLINE_TEST_BACKEND=postgres` runs the server suites on a fresh
+/// PostgreSQL database per server instead of SQLite (CI does both).
+fn on_postgres() -> bool {
+    std::env::var("STOMPLINE_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(db) = self.pg.take() {
+            self.running.shutdown();
+            db.drop_database_blocking();
+        }
+    }
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
@@ -51,6 +68,15 @@ impl TestServer {
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = test_config(dir.path());
+        let pg = if on_postgres() {
+            let db = pg::PgDatabase::create()
+                .await
+                .expect("STOMPLINE_TEST_BACKEND=postgres needs a reachable PostgreSQL");
+            config.database_url = db.url.clone();
+            Some(db)
+        } else {
+            None
+        };
         f(&mut config);
         let running = start(config).await.expect("server starts");
         TestServer {
@@ -58,6 +84,7 @@ impl TestServer {
             stomp: running.stomp_addr.expect("stomp listener"),
             running,
             _dir: dir,
+            pg,
         }
     }
 

@@ -1,3 +1,5 @@
+#![allow(dead_code)]
+
 //! A scratch PostgreSQL database per test.
 //!
 //! The server comes from `STOMPLINE_TEST_POSTGRES_URL` (default
@@ -15,6 +17,7 @@ pub struct PgDatabase {
     /// URL of the scratch database.
     pub url: String,
     name: String,
+    admin_url: String,
     admin: tokio_postgres::Client,
 }
 
@@ -35,8 +38,38 @@ impl PgDatabase {
         Some(PgDatabase {
             url: with_database(&admin_url, &name),
             name,
+            admin_url,
             admin,
         })
+    }
+
+    /// Drops the database from a thread of its own, with a fresh admin
+    /// connection: usable from `Drop`, where the test's runtime (which
+    /// drives the original admin connection) cannot make progress.
+    pub fn drop_database_blocking(self) {
+        let PgDatabase {
+            name, admin_url, ..
+        } = self;
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        eprintln!("note: could not drop test database {name}: {e}");
+                    }
+                }
+            });
+        })
+        .join();
     }
 
     /// Drops the database, closing whatever still uses it.
