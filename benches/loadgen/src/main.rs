@@ -1,10 +1,13 @@
 //! `stompline-loadgen`: publishers and subscribers over WebSocket or TCP
 //! against any STOMP 1.2 server, measuring deliveries/s, end-to-end latency,
-//! loss/duplicates/reordering, idle-session memory, and both sides' CPU.
+//! loss/duplicates/reordering, idle-session memory, stompline's durable chat
+//! pipeline, and both sides' CPU.
 //! See `benches/README.md`.
 
+mod chat;
 mod conn;
 mod fanout;
+mod http;
 mod idle;
 mod pairs;
 mod report;
@@ -70,6 +73,9 @@ enum Scenario {
     PairsSearch(pairs::SearchArgs),
     /// N idle sessions, each subscribed to its own destination; server RSS per session.
     Idle(idle::IdleArgs),
+    /// stompline's chat pipeline: durable sends with RECEIPTs to one or many
+    /// conversations, delivery latency and per-conversation order.
+    Chat(chat::ChatArgs),
 }
 
 /// What the scenarios share.
@@ -136,6 +142,7 @@ fn main() -> Result<()> {
             Scenario::Pairs(a) => pairs::run(&settings, a).await,
             Scenario::PairsSearch(a) => pairs::search(&settings, a).await,
             Scenario::Idle(a) => idle::run(&settings, a).await,
+            Scenario::Chat(a) => chat::run(&settings, a).await,
         }
     })?;
     report.print();

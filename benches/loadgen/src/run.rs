@@ -95,7 +95,8 @@ pub enum CreditMode {
 /// Messages no longer in flight, and a wake-up for the publisher waiting on them.
 pub struct Credit {
     completed: AtomicU64,
-    notify: Notify,
+    /// Woken when a message completes.
+    pub notify: Notify,
     /// `All` mode: per-sequence delivery counts in a ring, and how many
     /// subscribers make a message complete.
     ring: Vec<AtomicU32>,
@@ -134,7 +135,8 @@ impl Credit {
         }
     }
 
-    fn completed(&self) -> u64 {
+    /// Messages no longer in flight so far.
+    pub fn completed(&self) -> u64 {
         self.completed.load(Ordering::Acquire)
     }
 }

@@ -77,21 +77,34 @@ impl Window {
         self.from_ns.store(from_ns, Ordering::Relaxed);
     }
 
-    fn contains(&self, ns: u64) -> bool {
+    /// True when a message sent at `ns` is measured.
+    pub fn contains(&self, ns: u64) -> bool {
         ns >= self.from_ns.load(Ordering::Relaxed) && ns < self.to_ns.load(Ordering::Relaxed)
     }
 }
 
-/// Which sequence numbers of one publisher a subscriber has seen.
+/// Which sequence numbers of one publisher (or conversation) a subscriber
+/// has seen.
 #[derive(Default)]
-struct Seen {
+pub struct Seen {
     bits: Vec<u64>,
-    highest: Option<u64>,
+    /// The highest sequence seen so far.
+    pub highest: Option<u64>,
 }
 
 impl Seen {
+    /// How many distinct sequences in `from..=to` were seen.
+    pub fn count_in(&self, from: u64, to: u64) -> u64 {
+        (from..=to)
+            .filter(|&s| {
+                let (word, bit) = ((s / 64) as usize, s % 64);
+                self.bits.get(word).is_some_and(|w| w & (1 << bit) != 0)
+            })
+            .count() as u64
+    }
+
     /// Marks `seq`; false when it was already seen.
-    fn insert(&mut self, seq: u64) -> bool {
+    pub fn insert(&mut self, seq: u64) -> bool {
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if word >= self.bits.len() {
             self.bits.resize(word + 1, 0);
