@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns stompline-loadgen JSON lines (one report per run) into Markdown
 tables, pairing each stompline run with the RabbitMQ run of the same
-scenario and transport and giving the ratio ours/theirs."""
+scenario and transport and giving the ratio ours/theirs. Chat runs
+(stompline only) get one table of their own."""
 
 import json
 import sys
@@ -41,6 +42,8 @@ def split(label):
 
 def main(path):
     runs = [json.loads(line) for line in open(path) if line.strip()]
+    chat = [r for r in runs if r["scenario"] == "chat"]
+    runs = [r for r in runs if r["scenario"] != "chat"]
     by = {}
     for r in runs:
         server, transport = split(r["label"])
@@ -129,7 +132,43 @@ def main(path):
             if ours and theirs:
                 out.append(f"| **ours/theirs** | | | | | | **{ratio(ours['extra'].get('rss_per_session_kib'), theirs['extra'].get('rss_per_session_kib'))}** | | | | | | | |")
             out.append("")
+    if chat:
+        out += chat_table(chat)
     print("\n".join(out))
+
+
+def chat_table(runs):
+    """One row per chat run: label `stompline-BACKEND/TRANSPORT/SHAPE`."""
+    out = ["### chat pipeline: durable sends with RECEIPTs (SEND /app/chat.send)", "",
+           "| backend | conversations | senders | mode | durable msg/s | RECEIPT p50 ms | RECEIPT p99 ms | "
+           "delivery p50 ms | delivery p99 ms | delivery p99.9 ms | delivery max ms | deliveries/s | "
+           "lost / dup / reordered | max send lag ms | client CPU | server CPU | other CPU |",
+           "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in runs:
+        p, e = r["params"], r["extra"]
+        backend = r["label"].split("/")[0].removeprefix("stompline-")
+        shape = (f"{p['conversations']:,} {p['kind']}" + (f" of {p['group_size']}" if p["kind"] == "group" and p["conversations"] > 1 else "")
+                 + f" → {p['deliver']}")
+        if p["conversations"] == 1:
+            shape = f"1 group of {p['users']} → {p['deliver']}"
+        mode = f"max, window {p['window']}" if p["mode"] == "max" else f"{fmt(float(p['rate']), 0)} msg/s"
+        rl = e.get("receipt_latency_ms") or {}
+        l = r.get("latency_ms") or {}
+        d = r.get("deliveries") or {}
+        c, s, o = cpu(r)
+        errs = "; ".join(d.get("errors") or [])
+        flags = (f" ({errs})" if errs else "") + (" STALLED" if r.get("stalled") else "")
+        unanswered = e.get("unanswered")
+        if unanswered:
+            flags += f", {unanswered:,} unanswered"
+        out.append(
+            f"| {backend} | {shape} | {p['senders']} | {mode} | **{fmt(e.get('durable_per_s'))}** | "
+            f"{fmt(rl.get('p50'), 2)} | {fmt(rl.get('p99'), 2)} | {fmt(l.get('p50'), 2)} | "
+            f"**{fmt(l.get('p99'), 2)}** | {fmt(l.get('p999'), 2)} | {fmt(l.get('max'), 1)} | "
+            f"{fmt(r.get('deliveries_per_s'))} | {d.get('lost')} / {d.get('duplicates')} / {d.get('reordered')}{flags} | "
+            f"{fmt(r.get('max_send_lag_ms'), 1)} | {c} | {s} | {o} |")
+    out.append("")
+    return out
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 #
 #   scripts/bench.sh [SCENARIO...]
 #
-# SCENARIO: fanout fanout-tcp pairs search idle idle-tcp (default: all of them).
+# SCENARIO: fanout fanout-tcp pairs search idle idle-tcp (default: all of
+# them), and chat (stompline's durable chat pipeline on SQLite and PostgreSQL;
+# stompline only, RabbitMQ has no equivalent). chat-sqlite / chat-postgres
+# run one backend.
 # Builds release binaries, starts stompline on ephemeral ports with a
 # temporary data dir, makes sure RabbitMQ's rabbitmq_stomp and
 # rabbitmq_web_stomp plugins are on (STOMP 127.0.0.1:61614, Web-STOMP
@@ -23,6 +26,10 @@
 #                        memory its allocators kept from earlier runs does not
 #                        hide growth (RabbitMQ's RSS does not shrink after
 #                        sessions close); 0: never restart for this
+#   BENCH_CHAT_SECS      measured seconds per chat run (default 10)
+#   BENCH_PG             PostgreSQL server for chat runs, as host:port
+#                        (default 127.0.0.1:5432, role postgres, trust auth);
+#                        each run gets a scratch database, dropped afterwards
 #   BENCH_NICE           e.g. -10: run the load generator, stompline and (for
 #                        the length of the run) every RabbitMQ thread at this
 #                        niceness, so other work on a shared machine disturbs
@@ -43,14 +50,18 @@ RMQ_WS_PORT=${RMQ_WS_PORT:-15674}
 FANOUT_SECS=${BENCH_FANOUT_SECS:-10}
 PAIRS_SECS=${BENCH_PAIRS_SECS:-15}
 STEP_SECS=${BENCH_STEP_SECS:-6}
+CHAT_SECS=${BENCH_CHAT_SECS:-10}
+PG=${BENCH_PG:-127.0.0.1:5432}
 IDLE_SESSIONS=${BENCH_IDLE_SESSIONS:-"5000 50000"}
 NICE=${BENCH_NICE:-0}
 RMQ_FRESH=${BENCH_RMQ_FRESH:-1}
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-tcp pairs search idle idle-tcp)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(fanout fanout-tcp pairs search idle idle-tcp chat)
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 wants() { local s; for s in "${SCENARIOS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+# True when a scenario other than the chat ones (which need no RabbitMQ) is wanted.
+wants_rabbitmq() { local s; for s in "${SCENARIOS[@]}"; do case $s in chat*) ;; *) return 0 ;; esac; done; return 1; }
 
 mkdir -p "$OUT"
 JSON=$OUT/results.jsonl
@@ -83,8 +94,17 @@ cleanup() {
         renice_threads "$RMQ_RENICED" "$(rmq_pid)"
     fi
     [ -n "$SL_DIR" ] && rm -rf "$SL_DIR"
+    pg_drop
 }
 trap cleanup EXIT
+
+PG_DB=
+pg_drop() {
+    if [ -n "$PG_DB" ]; then
+        dropdb -h "${PG%:*}" -p "${PG##*:}" -U postgres --if-exists "$PG_DB" 2>/dev/null || true
+        PG_DB=
+    fi
+}
 
 # renice_threads NICENESS PID: every thread of PID (niceness is per thread).
 renice_threads() {
@@ -95,6 +115,7 @@ renice_threads() {
 }
 
 # Starts a fresh stompline (new data dir) and registers the bench user.
+# Extra arguments go to `stompline serve` (e.g. --database-url).
 stompline_start() {
     stompline_stop
     [ -n "$SL_DIR" ] && rm -rf "$SL_DIR"
@@ -102,14 +123,16 @@ stompline_start() {
     rm -f "$OUT/stompline.log" # so the wait below cannot read the previous server's line
     # One bench user holds every session, so its per-user cap is raised;
     # the per-connection inbound rate limit would throttle the max-rate
-    # publisher, so it is off (RabbitMQ has none either).
+    # publisher, so it is off (RabbitMQ has none either). So is the per-user
+    # chat rate (100 msg/s by default), which chat runs would measure instead.
     STOMPLINE_STOMP__MAX_CONNECTIONS_PER_USER=200000 \
+        STOMPLINE_CHAT__RATE_PER_SEC=0 \
         STOMPLINE_STOMP__MAX_CONNECTIONS=200000 \
         STOMPLINE_STOMP__INBOUND_FRAMES_PER_SEC=0 \
         STOMPLINE_AUTH__ACCESS_TOKEN_TTL_SECS=86400 \
         RUST_LOG=warn,stompline=info \
         nice -n "$NICE" "$STOMPLINE" serve --http-addr 127.0.0.1:0 --stomp-addr 127.0.0.1:0 \
-        --data-dir "$SL_DIR" 2>"$OUT/stompline.log" &
+        --data-dir "$SL_DIR" "$@" 2>"$OUT/stompline.log" &
     SL_PID=$!
     local line= i
     for i in $(seq 1 100); do
@@ -194,7 +217,7 @@ run() {
 }
 
 stompline_start
-rabbitmq_prepare
+wants_rabbitmq && rabbitmq_prepare
 
 for t in ws tcp; do
     scenario=fanout
@@ -244,6 +267,49 @@ if wants idle-tcp; then
     [ "$RMQ_FRESH" = 1 ] && rabbitmq_restart "fresh memory baseline for idle"
     run theirs tcp idle --sessions 5000 --source-count 4 --parallel 64 --settle 5
 fi
+
+# Chat pipeline: durable sends with RECEIPTs (SEND /app/chat.send), per
+# backend and conversation shape, first at max rate (in-flight window of
+# unanswered RECEIPTs per sender), then at a fixed rate of half the durable
+# rate measured, for the latency goal.
+#   one:  20 users, 20 sender connections, one group of all 20, observed by
+#         one subscriber on /topic/chat/{cid}
+#   many: 50 users, 50 sender connections, 1,000 direct conversations,
+#         observed by every member on /user/queue/messages (2 copies each)
+chat_shape() {
+    case $1 in
+    one) echo "--users 20 --senders 20 --conversations 1 --kind group --deliver topic --window 16" ;;
+    many) echo "--users 50 --senders 50 --conversations 1000 --kind direct --deliver user --window 8" ;;
+    esac
+}
+chat_run() {
+    local backend=$1 shape=$2
+    shift 2
+    log "stompline-$backend/ws chat $shape: $*"
+    # shellcheck disable=SC2046 # the shape is a list of options
+    LOADGEN_PASSCODE=$SL_TOKEN nice -n "$NICE" "$LOADGEN" --url "ws://$SL_HTTP/ws" --login bench \
+        --server-pid "$SL_PID" --label "stompline-$backend/ws/$shape" --json "$JSON" \
+        chat --http "http://$SL_HTTP" $(chat_shape "$shape") --duration "$CHAT_SECS" --warmup 2 "$@" >/dev/null
+}
+for backend in sqlite postgres; do
+    wants chat || wants "chat-$backend" || continue
+    args=()
+    if [ "$backend" = postgres ]; then
+        PG_DB=bench_chat_$$
+        createdb -h "${PG%:*}" -p "${PG##*:}" -U postgres "$PG_DB"
+        args=(--database-url "postgres://postgres@$PG/$PG_DB")
+    fi
+    stompline_start "${args[@]}"
+    for shape in one many; do
+        chat_run "$backend" "$shape"
+        max=$(tail -n1 "$JSON" | jq '.extra.durable_per_s | floor')
+        sleep 2
+        chat_run "$backend" "$shape" --rate $((max / 2))
+        sleep 2
+    done
+    stompline_stop
+    pg_drop
+done
 
 stompline_stop
 python3 "$ROOT/benches/render.py" "$JSON" >"$OUT/results.md"
