@@ -104,11 +104,7 @@ pub(super) async fn block(
     Json(req): Json<UserRequest>,
 ) -> Result<StatusCode, ApiError> {
     let user = other_user(&state, &me.user_id, &req.user_id).await?;
-    state
-        .chat
-        .store
-        .block(&me.user_id, &user.id, store::now())
-        .await?;
+    state.chat.set_block(&me.user_id, &user.id, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -118,7 +114,7 @@ pub(super) async fn unblock(
     Authenticated(me): Authenticated,
     Path(user_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.chat.store.unblock(&me.user_id, &user_id).await?;
+    state.chat.set_block(&me.user_id, &user_id, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -81,6 +81,19 @@ impl ChatError {
 /// How long a REST send waits for durability.
 const DURABLE_WAIT: Duration = Duration::from_secs(15);
 
+/// How long the send path trusts what it cached about a conversation's
+/// members and about blocks. Changes made here drop the entry at once; the
+/// persister re-checks membership inside its transaction, so a stale entry
+/// can only delay a refusal, never store a non-member's message.
+const SEND_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// What a send needs to know about its conversation.
+struct SendTarget {
+    kind: ConversationKind,
+    members: Vec<String>,
+    at: Instant,
+}
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -100,6 +113,10 @@ pub struct Chat {
     rate: Mutex<HashMap<String, Bucket>>,
     /// (conversation, user) -> last typing renewal.
     typing: Mutex<HashMap<(String, String), Instant>>,
+    /// Conversation -> kind and members, for the send path.
+    targets: Mutex<HashMap<String, Arc<SendTarget>>>,
+    /// (blocker, blocked) -> blocked?, for the send path.
+    blocks: Mutex<HashMap<(String, String), (bool, Instant)>>,
 }
 
 impl Chat {
@@ -123,6 +140,8 @@ impl Chat {
             typing_expiry: Duration::from_millis(presence.typing_expiry_ms.max(1)),
             rate: Mutex::new(HashMap::new()),
             typing: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
+            blocks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -145,6 +164,73 @@ impl Chat {
             Some(_) => Ok(()),
             None => Err(ChatError::NotFound("no such conversation")),
         }
+    }
+
+    /// Kind and members of `cid`, cached briefly: the send path runs for
+    /// every message, and loading the conversation each time would put a
+    /// store round trip in front of every SEND.
+    async fn send_target(&self, cid: &str) -> Result<Arc<SendTarget>, ChatError> {
+        if let Some(t) = self.targets.lock().get(cid) {
+            if t.at.elapsed() < SEND_CACHE_TTL {
+                return Ok(t.clone());
+            }
+        }
+        let conv = self
+            .store
+            .conversation(cid)
+            .await?
+            .ok_or(ChatError::NotFound("no such conversation"))?;
+        let t = Arc::new(SendTarget {
+            kind: conv.kind,
+            members: conv.members.into_iter().map(|m| m.user_id).collect(),
+            at: Instant::now(),
+        });
+        let mut targets = self.targets.lock();
+        if targets.len() > 100_000 {
+            targets.retain(|_, t| t.at.elapsed() < SEND_CACHE_TTL);
+        }
+        targets.insert(cid.to_owned(), t.clone());
+        Ok(t)
+    }
+
+    /// Membership of `cid` changed here: forget what the send path knew.
+    fn forget_target(&self, cid: &str) {
+        self.targets.lock().remove(cid);
+    }
+
+    /// Whether `blocker` blocks `blocked`, cached briefly.
+    async fn blocked(&self, blocker: &str, blocked: &str) -> Result<bool, ChatError> {
+        let key = (blocker.to_owned(), blocked.to_owned());
+        if let Some((b, at)) = self.blocks.lock().get(&key) {
+            if at.elapsed() < SEND_CACHE_TTL {
+                return Ok(*b);
+            }
+        }
+        let b = self.store.is_blocked(blocker, blocked).await?;
+        let mut blocks = self.blocks.lock();
+        if blocks.len() > 100_000 {
+            blocks.retain(|_, (_, at)| at.elapsed() < SEND_CACHE_TTL);
+        }
+        blocks.insert(key, (b, Instant::now()));
+        Ok(b)
+    }
+
+    /// Records a block (or lifts it) and makes the send path see it at once.
+    pub async fn set_block(
+        &self,
+        user_id: &str,
+        other: &str,
+        block: bool,
+    ) -> Result<(), ChatError> {
+        if block {
+            self.store.block(user_id, other, store::now()).await?;
+        } else {
+            self.store.unblock(user_id, other).await?;
+        }
+        self.blocks
+            .lock()
+            .remove(&(user_id.to_owned(), other.to_owned()));
+        Ok(())
     }
 
     fn check_body(&self, body: &str) -> Result<(), ChatError> {
@@ -201,10 +287,13 @@ impl Chat {
                 "clientMsgId must be 1 to 128 characters",
             ));
         }
-        let conv = self.conversation_for(user_id, cid).await?;
+        let conv = self.send_target(cid).await?;
+        if !conv.members.iter().any(|m| m == user_id) {
+            return Err(ChatError::NotFound("no such conversation"));
+        }
         if conv.kind == ConversationKind::Direct {
-            for m in conv.members.iter().filter(|m| m.user_id != user_id) {
-                if self.store.is_blocked(&m.user_id, user_id).await? {
+            for m in conv.members.iter().filter(|m| *m != user_id) {
+                if self.blocked(m, user_id).await? {
                     return Err(ChatError::Forbidden(
                         "this user does not accept your messages",
                     ));
@@ -793,6 +882,7 @@ impl Chat {
         self.store
             .add_members(cid, fresh, store::now(), vec![out])
             .await?;
+        self.forget_target(cid);
         self.dispatcher.kick();
         self.conversation_for(user_id, cid).await
     }
@@ -847,6 +937,7 @@ impl Chat {
             .remove_member(cid, target, vec![out])
             .await?
             .ok_or(ChatError::NotFound("no such member"))?;
+        self.forget_target(cid);
         self.dispatcher.kick();
         Ok(())
     }

@@ -14,7 +14,7 @@
 //! failed publish left behind. Publishing is at-least-once; gateways drop
 //! duplicates by seq.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,9 @@ pub async fn run_persister(
     relay: Arc<dyn Relay>,
     shutdown: CancellationToken,
 ) {
+    // Unread counters and outbox clean-up run beside the loop, so the next
+    // batch is not held up by them.
+    let followups = Followups::spawn(store.clone(), relay.clone());
     loop {
         // After shutdown began, what is still on the bus is drained: the
         // sessions are gone, so the queue only shrinks.
@@ -86,7 +89,46 @@ pub async fn run_persister(
         if let Err(e) = consumer.commit().await {
             tracing::warn!(error = %e, "committing the bus position failed");
         }
-        publish_outcomes(&*store, &*relay, &batch, outcomes).await;
+        publish_outcomes(&*relay, &followups, &batch, outcomes).await;
+    }
+}
+
+/// Work that follows a batch but need not delay the next one.
+struct Followups {
+    unread: tokio::sync::mpsc::UnboundedSender<String>,
+    published: tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
+}
+
+impl Followups {
+    fn spawn(store: Arc<dyn Store>, relay: Arc<dyn Relay>) -> Followups {
+        let (unread, mut unread_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (published, mut published_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<i64>>();
+        let s = store.clone();
+        tokio::spawn(async move {
+            // Coalesced: a conversation touched by many batches in a row gets
+            // one counter update per round.
+            while let Some(first) = unread_rx.recv().await {
+                let mut cids = BTreeSet::from([first]);
+                while let Ok(c) = unread_rx.try_recv() {
+                    cids.insert(c);
+                }
+                for cid in cids {
+                    publish_unread(&*s, &*relay, &cid).await;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(mut ids) = published_rx.recv().await {
+                while let Ok(more) = published_rx.try_recv() {
+                    ids.extend(more);
+                }
+                if let Err(e) = store.outbox_delete(ids).await {
+                    // The sweeper will publish them again: duplicates, not loss.
+                    tracing::warn!(error = %e, "deleting published outbox rows failed");
+                }
+            }
+        });
+        Followups { unread, published }
     }
 }
 
@@ -140,14 +182,14 @@ fn durable(
 }
 
 async fn publish_outcomes(
-    store: &dyn Store,
     relay: &dyn Relay,
+    followups: &Followups,
     batch: &[SendCommand],
     outcomes: Vec<Persisted>,
 ) {
     let mut published = Vec::new();
-    // Conversation -> newest seq in this batch, for the unread counters.
-    let mut touched: BTreeMap<String, i64> = BTreeMap::new();
+    // Conversations whose unread counters changed.
+    let mut touched: BTreeSet<String> = BTreeSet::new();
     for (cmd, outcome) in batch.iter().zip(outcomes) {
         let ack = match &outcome {
             Persisted::Created { message, outbox_id } => {
@@ -162,10 +204,7 @@ async fn publish_outcomes(
                 {
                     published.push(*outbox_id);
                 }
-                let e = touched
-                    .entry(message.conversation_id.clone())
-                    .or_insert(message.seq);
-                *e = (*e).max(message.seq);
+                touched.insert(message.conversation_id.clone());
                 durable(cmd, Some(message), false, None)
             }
             Persisted::Duplicate(message) => durable(cmd, Some(message), true, None),
@@ -173,14 +212,11 @@ async fn publish_outcomes(
         };
         publish(relay, &events::instance_channel(&cmd.origin), &ack).await;
     }
-    for (cid, _) in touched {
-        publish_unread(store, relay, &cid).await;
+    for cid in touched {
+        let _ = followups.unread.send(cid);
     }
     if !published.is_empty() {
-        if let Err(e) = store.outbox_delete(published).await {
-            // The sweeper will publish them again: duplicates, not loss.
-            tracing::warn!(error = %e, "deleting published outbox rows failed");
-        }
+        let _ = followups.published.send(published);
     }
 }
 
