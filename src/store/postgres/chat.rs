@@ -637,10 +637,15 @@ impl ChatStore for PostgresStore {
         let members_sql = "SELECT conversation_id, user_id FROM conversation_members \
              WHERE (conversation_id, user_id) IN ( \
                SELECT * FROM unnest($1::text[], $2::text[]))";
+        // Two index lookups (primary key; the (sender, client_msg_id) key)
+        // joined by UNION: an OR across the two lets the planner fall back
+        // to scanning the whole table on every batch.
         let existing_sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages msg WHERE msg.id = ANY($1) \
-             OR (msg.sender_id, msg.client_msg_id) IN ( \
-               SELECT * FROM unnest($2::text[], $3::text[]))"
+             UNION \
+             SELECT {MESSAGE_COLUMNS} FROM messages msg \
+               JOIN unnest($2::text[], $3::text[]) AS k(sender_id, client_msg_id) \
+               ON msg.sender_id = k.sender_id AND msg.client_msg_id = k.client_msg_id"
         );
         let member_params: [&(dyn ToSql + Sync); 2] = [&in_conversations, &senders];
         let existing_params: [&(dyn ToSql + Sync); 3] = [&ids, &key_senders, &keys];
