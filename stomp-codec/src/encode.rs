@@ -19,7 +19,7 @@ pub fn encode_frame(frame: &Frame, version: Version, dst: &mut BytesMut) {
     // Command, headers, content-length (at most 36 bytes), blank line,
     // body, NUL; escapes may still grow it.
     dst.reserve(
-        frame.command.as_str().len() + headers_len(frame.headers.iter()) + 40 + frame.body.len(),
+        frame.command.as_str().len() + frame.headers.wire_len_hint() + 40 + frame.body.len(),
     );
     dst.put_slice(frame.command.as_str().as_bytes());
     dst.put_u8(b'\n');
