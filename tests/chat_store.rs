@@ -8,7 +8,6 @@
 //! `cargo test --test chat_store pg_`.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 
 use stompline::store::{
@@ -17,64 +16,13 @@ use stompline::store::{
 };
 use time::{Duration, OffsetDateTime};
 
+#[path = "support/backends.rs"]
+mod backends;
 #[path = "support/pg.rs"]
 mod pg;
-use pg::PgDatabase;
 
 // ---------------------------------------------------------------------------
 // Harness
-
-/// Runs `check` against a migrated SQLite store in a temporary directory.
-async fn on_sqlite<F, Fut>(check: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = store::open("", dir.path(), 4).await.expect("open sqlite");
-    store.migrate().await.expect("migrate sqlite");
-    check(store).await;
-}
-
-/// Runs `check` against a migrated PostgreSQL store on a database of its own,
-/// dropped afterwards (also when `check` panics).
-async fn on_postgres<F, Fut>(check: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let outcome = async {
-        let store = store::open(&db.url, scratch.path(), 8)
-            .await
-            .expect("open postgres");
-        store.migrate().await.expect("migrate postgres");
-        tokio::spawn(check(store)).await
-    }
-    .await;
-    db.drop_database().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-/// Declares each check as a SQLite test and a `pg_` PostgreSQL test.
-macro_rules! on_both_backends {
-    ($($check:ident => $sqlite:ident, $pg:ident;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            on_sqlite($check).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $pg() {
-            on_postgres($check).await;
-        }
-    )*};
-}
 
 on_both_backends! {
     conversations_round_trip => sqlite_conversations_round_trip, pg_conversations_round_trip;
