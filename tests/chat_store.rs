@@ -608,6 +608,21 @@ async fn unread_counts_are_exact(store: Arc<dyn Store>) {
     assert_eq!(unread_of(&*store, &u[2], &c).await, 0);
     assert_eq!(unread_of(&*store, &u[0], &c).await, 4);
     assert!(store.unread("nobody").await.unwrap().is_empty());
+    // Every member's counter of several conversations in one call.
+    let mut all = store
+        .unread_of_members(vec![c.id.clone(), other.id.clone(), "missing".into()])
+        .await
+        .unwrap();
+    all.sort();
+    let mut want = vec![
+        (c.id.clone(), u[0].id.clone(), 4, 9),
+        (c.id.clone(), u[1].id.clone(), 1, 9),
+        (c.id.clone(), u[2].id.clone(), 0, 9),
+        (other.id.clone(), u[1].id.clone(), 0, 1),
+        (other.id.clone(), u[2].id.clone(), 1, 1),
+    ];
+    want.sort();
+    assert_eq!(all, want);
 }
 
 // ---------------------------------------------------------------------------

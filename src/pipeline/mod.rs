@@ -112,9 +112,7 @@ impl Followups {
                 while let Ok(c) = unread_rx.try_recv() {
                     cids.insert(c);
                 }
-                for cid in cids {
-                    publish_unread(&*s, &*relay, &cid).await;
-                }
+                publish_unread_many(&*s, &*relay, cids.into_iter().collect()).await;
             }
         });
         tokio::spawn(async move {
@@ -220,22 +218,28 @@ async fn publish_outcomes(
     }
 }
 
-/// Pushes each member's unread counter for `cid` to their notifications.
-pub async fn publish_unread(store: &dyn Store, relay: &dyn Relay, cid: &str) {
-    let conv = match store.conversation(cid).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return,
+/// Pushes every member's unread counter of each conversation, read in one
+/// query.
+async fn publish_unread_many(store: &dyn Store, relay: &dyn Relay, cids: Vec<String>) {
+    let rows = match store.unread_of_members(cids).await {
+        Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "loading members for unread counters failed");
+            tracing::warn!(error = %e, "loading unread counters failed");
             return;
         }
     };
-    for m in &conv.members {
-        let unread = (conv.last_seq - m.last_read_seq).max(0);
-        let payload = serde_json::json!({"conversationId": cid, "unreadCount": unread, "lastSeq": conv.last_seq});
-        let ev = Event::for_user_queue(kind::UNREAD, user_queue::NOTIFICATIONS, Some(cid), payload);
-        publish(relay, &events::user_channel(&m.user_id), &ev).await;
+    for (cid, user, unread, last_seq) in rows {
+        let payload =
+            serde_json::json!({"conversationId": cid, "unreadCount": unread, "lastSeq": last_seq});
+        let ev =
+            Event::for_user_queue(kind::UNREAD, user_queue::NOTIFICATIONS, Some(&cid), payload);
+        publish(relay, &events::user_channel(&user), &ev).await;
     }
+}
+
+/// Pushes each member's unread counter for `cid` to their notifications.
+pub async fn publish_unread(store: &dyn Store, relay: &dyn Relay, cid: &str) {
+    publish_unread_many(store, relay, vec![cid.to_owned()]).await;
 }
 
 /// Publishes outbox rows: on a kick (a change just committed) and

@@ -380,6 +380,13 @@ pub trait ChatStore: Send + Sync {
         user_id: &str,
         up_to_seq: i64,
     ) -> Result<Option<Watermark>, StoreError>;
+    /// Unread counters of every member of each conversation, in one go:
+    /// `(conversation id, member id, unread count, last seq)`. What the
+    /// persister pushes after a batch; unknown ids are skipped.
+    async fn unread_of_members(
+        &self,
+        conversation_ids: Vec<String>,
+    ) -> Result<Vec<(String, String, i64, i64)>, StoreError>;
     /// Unread counts of all the user's conversations.
     async fn unread(&self, user_id: &str) -> Result<Vec<Unread>, StoreError>;
 

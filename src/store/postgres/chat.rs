@@ -997,6 +997,24 @@ impl ChatStore for PostgresStore {
             .await
     }
 
+    async fn unread_of_members(
+        &self,
+        conversation_ids: Vec<String>,
+    ) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        let conn = self.conn().await?;
+        query(
+            &*conn,
+            "SELECT c.id, m.user_id, GREATEST(c.last_seq - m.last_read_seq, 0), c.last_seq \
+             FROM conversations c JOIN conversation_members m ON m.conversation_id = c.id \
+             WHERE c.id = ANY($1)",
+            &[&conversation_ids],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((get(row, 0)?, get(row, 1)?, get(row, 2)?, get(row, 3)?)))
+        .collect()
+    }
+
     async fn unread(&self, user_id: &str) -> Result<Vec<Unread>, StoreError> {
         let conn = self.conn().await?;
         query(

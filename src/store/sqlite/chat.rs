@@ -871,6 +871,30 @@ impl ChatStore for SqliteStore {
         .await
     }
 
+    async fn unread_of_members(
+        &self,
+        conversation_ids: Vec<String>,
+    ) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.id, m.user_id, max(c.last_seq - m.last_read_seq, 0), c.last_seq \
+                 FROM conversations c JOIN conversation_members m ON m.conversation_id = c.id \
+                 WHERE c.id = ?1",
+            )?;
+            let mut out = Vec::new();
+            for id in &conversation_ids {
+                let rows = stmt.query_map([id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?;
+                for r in rows {
+                    out.push(r?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn unread(&self, user_id: &str) -> Result<Vec<Unread>, StoreError> {
         let user_id = user_id.to_string();
         self.read(move |conn| {
