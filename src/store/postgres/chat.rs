@@ -1042,28 +1042,23 @@ impl ChatStore for PostgresStore {
         contact_id: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let at = truncate_to_micros(at);
-        let conn = self.conn().await?;
-        conn.execute(
+        self.add_pair(
             "INSERT INTO contacts (user_id, contact_id, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
-            &[&user_id, &contact_id, &at],
+            user_id,
+            contact_id,
+            at,
         )
         .await
-        .map_err(map_err_missing("user"))?;
-        Ok(())
     }
 
     async fn remove_contact(&self, user_id: &str, contact_id: &str) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
-        let n = conn
-            .execute(
-                "DELETE FROM contacts WHERE user_id = $1 AND contact_id = $2",
-                &[&user_id, &contact_id],
-            )
-            .await
-            .map_err(map_err)?;
-        Ok(n > 0)
+        self.remove_pair(
+            "DELETE FROM contacts WHERE user_id = $1 AND contact_id = $2",
+            user_id,
+            contact_id,
+        )
+        .await
     }
 
     async fn contacts(&self, user_id: &str) -> Result<Vec<User>, StoreError> {
@@ -1114,28 +1109,23 @@ impl ChatStore for PostgresStore {
         blocked_id: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let at = truncate_to_micros(at);
-        let conn = self.conn().await?;
-        conn.execute(
+        self.add_pair(
             "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
-            &[&user_id, &blocked_id, &at],
+            user_id,
+            blocked_id,
+            at,
         )
         .await
-        .map_err(map_err_missing("user"))?;
-        Ok(())
     }
 
     async fn unblock(&self, user_id: &str, blocked_id: &str) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
-        let n = conn
-            .execute(
-                "DELETE FROM blocks WHERE user_id = $1 AND blocked_id = $2",
-                &[&user_id, &blocked_id],
-            )
-            .await
-            .map_err(map_err)?;
-        Ok(n > 0)
+        self.remove_pair(
+            "DELETE FROM blocks WHERE user_id = $1 AND blocked_id = $2",
+            user_id,
+            blocked_id,
+        )
+        .await
     }
 
     async fn is_blocked(&self, user_id: &str, other_id: &str) -> Result<bool, StoreError> {
@@ -1271,5 +1261,31 @@ impl ChatStore for PostgresStore {
         )
         .await
         .map_err(map_err)
+    }
+}
+
+impl PostgresStore {
+    /// Inserts a (user, other user, time) row (contacts, blocks);
+    /// idempotent, `NotFound` when either user does not exist.
+    async fn add_pair(
+        &self,
+        sql: &str,
+        a: &str,
+        b: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let at = truncate_to_micros(at);
+        let conn = self.conn().await?;
+        conn.execute(sql, &[&a, &b, &at])
+            .await
+            .map_err(map_err_missing("user"))?;
+        Ok(())
+    }
+
+    /// Deletes a (user, other user) row; true when there was one.
+    async fn remove_pair(&self, sql: &str, a: &str, b: &str) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn.execute(sql, &[&a, &b]).await.map_err(map_err)?;
+        Ok(n > 0)
     }
 }

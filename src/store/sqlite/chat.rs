@@ -921,26 +921,22 @@ impl ChatStore for SqliteStore {
         contact_id: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let (user_id, contact_id) = (user_id.to_string(), contact_id.to_string());
-        self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "INSERT INTO contacts (user_id, contact_id, created_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![user_id, contact_id, to_micros(at)]);
-            Ok(or_not_found(n, "user")?.map(|_| ()))
-        })
-        .await?
+        self.add_pair(
+            "INSERT INTO contacts (user_id, contact_id, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+            user_id,
+            contact_id,
+            at,
+        )
+        .await
     }
 
     async fn remove_contact(&self, user_id: &str, contact_id: &str) -> Result<bool, StoreError> {
-        let (user_id, contact_id) = (user_id.to_string(), contact_id.to_string());
-        self.write(move |conn| {
-            conn.prepare_cached("DELETE FROM contacts WHERE user_id = ?1 AND contact_id = ?2")?
-                .execute([user_id, contact_id])
-                .map(|n| n > 0)
-        })
+        self.remove_pair(
+            "DELETE FROM contacts WHERE user_id = ?1 AND contact_id = ?2",
+            user_id,
+            contact_id,
+        )
         .await
     }
 
@@ -988,26 +984,22 @@ impl ChatStore for SqliteStore {
         blocked_id: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let (user_id, blocked_id) = (user_id.to_string(), blocked_id.to_string());
-        self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![user_id, blocked_id, to_micros(at)]);
-            Ok(or_not_found(n, "user")?.map(|_| ()))
-        })
-        .await?
+        self.add_pair(
+            "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+            user_id,
+            blocked_id,
+            at,
+        )
+        .await
     }
 
     async fn unblock(&self, user_id: &str, blocked_id: &str) -> Result<bool, StoreError> {
-        let (user_id, blocked_id) = (user_id.to_string(), blocked_id.to_string());
-        self.write(move |conn| {
-            conn.prepare_cached("DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2")?
-                .execute([user_id, blocked_id])
-                .map(|n| n > 0)
-        })
+        self.remove_pair(
+            "DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2",
+            user_id,
+            blocked_id,
+        )
         .await
     }
 
@@ -1124,6 +1116,34 @@ impl ChatStore for SqliteStore {
             .map(|n| n as u64)
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    /// Inserts a (user, other user, time) row (contacts, blocks);
+    /// idempotent, `NotFound` when either user does not exist.
+    async fn add_pair(
+        &self,
+        sql: &'static str,
+        a: &str,
+        b: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let (a, b) = (a.to_string(), b.to_string());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(sql)?
+                .execute(params![a, b, to_micros(at)]);
+            Ok(or_not_found(n, "user")?.map(|_| ()))
+        })
+        .await?
+    }
+
+    /// Deletes a (user, other user) row; true when there was one.
+    async fn remove_pair(&self, sql: &'static str, a: &str, b: &str) -> Result<bool, StoreError> {
+        let (a, b) = (a.to_string(), b.to_string());
+        self.write(move |conn| conn.prepare_cached(sql)?.execute([a, b]).map(|n| n > 0))
+            .await
     }
 }
 
