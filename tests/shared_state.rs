@@ -554,3 +554,45 @@ async fn presence_is_read_across_instances() {
     drop(on_a);
     status_becomes("offline").await;
 }
+
+async fn refresh(http: &str, refresh_token: &str) -> (u16, serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{http}/api/auth/refresh"))
+        .json(&serde_json::json!({ "refreshToken": refresh_token }))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_reuse_on_one_instance_closes_the_session_on_another() {
+    let Some(c) = cluster(2).await else {
+        return;
+    };
+    let (a, b) = (&c.instances[0], &c.instances[1]);
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/api/auth/register", a.http))
+        .json(&serde_json::json!({"username": "reuse-user", "password": "password-reuse-user"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let first: serde_json::Value = res.json().await.unwrap();
+    let spent = first["refreshToken"].as_str().unwrap().to_owned();
+
+    // Rotated on B; the new access token is live on B.
+    let (status, second) = refresh(&b.http, &spent).await;
+    assert_eq!(status, 200, "{second}");
+    let token = second["accessToken"].as_str().unwrap().to_owned();
+    let mut on_b = Client::tcp(&b.stomp).await;
+    on_b.connect_token(&token).await;
+
+    // The spent token presented again on A: the session is revoked there,
+    // and B closes its connection.
+    let (status, body) = refresh(&a.http, &spent).await;
+    assert_eq!(status, 401, "{body}");
+    on_b.expect_error("session revoked").await;
+    assert_eq!(me_status(&b.http, &token).await, 401);
+}
