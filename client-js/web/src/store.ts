@@ -108,8 +108,9 @@ export class ChatStore {
   }
 
   private newClient(tokens: StoredTokens | null): StomplineClient {
-    const client = new StomplineClient({ baseUrl: '', tokens });
-    return client;
+    // Tabs share the session through localStorage; refreshes are serialised
+    // across them (Web Locks) so no two spend the same refresh token.
+    return new StomplineClient({ baseUrl: '', tokens, sharedTokens: loadTokens });
   }
 
   // ---- start and accounts ----
@@ -189,6 +190,7 @@ export class ChatStore {
     const real = new StomplineClient({
       baseUrl: '',
       tokens: client.api.tokens.current,
+      sharedTokens: loadTokens,
       outboxStorage: webStorage(`stompline.outbox.${me.id}`),
     });
     client.api.tokens.stop();

@@ -32,6 +32,38 @@ export interface TokenKeeperOptions {
   /** Refresh this long before the access token expires (default: a quarter of its lifetime, at most 60 s). */
   refreshAheadMs?: number;
   onChange?: (tokens: StoredTokens | null) => void;
+  /**
+   * Tokens as other holders of the same session last saved them (e.g. other
+   * tabs, through localStorage). Before refreshing, a newer pair found here
+   * is adopted instead, so two tabs never spend the same refresh token (the
+   * server would revoke the whole session).
+   */
+  shared?: () => StoredTokens | null;
+  /**
+   * Serialises refreshes among the holders of `shared`. Default: the Web
+   * Locks API where the browser has it (every tab of the origin), else none.
+   */
+  lock?: SessionLock;
+}
+
+/** Runs `fn` while holding a lock shared by every holder of a session. */
+export type SessionLock = <T>(fn: () => Promise<T>) => Promise<T>;
+
+/** The Web Locks API's lock for the whole origin, or no lock where it is missing. */
+export const webLock: SessionLock = <T>(fn: () => Promise<T>): Promise<T> => {
+  const locks = (globalThis as { navigator?: { locks?: { request: (name: string, cb: () => Promise<T>) => Promise<T> } } })
+    .navigator?.locks;
+  return locks ? locks.request('stompline-token-refresh', fn) : fn();
+};
+
+/** A lock for holders in one process (tests, or several clients in one Node process). */
+export function processLock(): SessionLock {
+  let tail: Promise<unknown> = Promise.resolve();
+  return <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = tail.then(fn, fn);
+    tail = run.catch(() => {});
+    return run;
+  };
 }
 
 /**
@@ -87,12 +119,18 @@ export class TokenKeeper {
     if (this.inflight) return this.inflight;
     const t = this.tokens;
     if (!t) return Promise.reject(new ApiError(401, 'not_signed_in', 'not signed in'));
-    this.inflight = this.refreshCall(t.refreshToken)
-      .then((res) => {
-        this.failures = 0;
-        this.refreshCount += 1;
-        return this.setFromResponse(res, t.userId);
-      })
+    this.inflight = (this.options.lock ?? webLock)(async () => {
+      const shared = this.options.shared?.();
+      if (shared && shared.refreshToken !== t.refreshToken && shared.expiresAt > t.expiresAt) {
+        // Someone else (another tab) already refreshed this session.
+        this.set({ ...shared, userId: shared.userId ?? t.userId });
+        return shared;
+      }
+      const res = await this.refreshCall(t.refreshToken);
+      this.failures = 0;
+      this.refreshCount += 1;
+      return this.setFromResponse(res, t.userId);
+    })
       .catch((e: unknown) => {
         if (e instanceof ApiError && (e.status === 401 || e.status === 403)) {
           // The refresh token is spent or revoked: the session is over.
@@ -142,6 +180,10 @@ export interface ApiOptions {
   fetch?: Fetch;
   refreshAheadMs?: number;
   onTokens?: (tokens: StoredTokens | null) => void;
+  /** See {@link TokenKeeperOptions.shared}. */
+  sharedTokens?: () => StoredTokens | null;
+  /** See {@link TokenKeeperOptions.lock}. */
+  sessionLock?: SessionLock;
 }
 
 export interface HistoryQuery {
@@ -162,6 +204,8 @@ export class Api {
     this.tokens = new TokenKeeper((refreshToken) => this.call('POST', '/auth/refresh', { refreshToken }, false), {
       refreshAheadMs: options.refreshAheadMs,
       onChange: options.onTokens,
+      shared: options.sharedTokens,
+      lock: options.sessionLock,
     });
   }
 

@@ -1,5 +1,5 @@
-export { Api, ApiError, TokenKeeper } from './api.ts';
-export type { ApiOptions, HistoryQuery } from './api.ts';
+export { Api, ApiError, processLock, TokenKeeper, webLock } from './api.ts';
+export type { ApiOptions, HistoryQuery, SessionLock } from './api.ts';
 export { backoffDelay } from './backoff.ts';
 export type { BackoffOptions } from './backoff.ts';
 export { StomplineClient } from './client.ts';

@@ -3,8 +3,8 @@
 
 import { expect, test } from 'vitest';
 
-import { chatting, eventually, inbox, lifecycle, pair } from './harness.ts';
-import { backoffDelay, type WatermarkEvent } from './sdk.ts';
+import { chatting, eventually, inbox, lifecycle, pair, registered, sdk } from './harness.ts';
+import { backoffDelay, processLock, type StoredTokens, type WatermarkEvent } from './sdk.ts';
 
 const life = lifecycle();
 
@@ -32,6 +32,30 @@ test('tokens are refreshed ahead of expiry through a long session', async () => 
   expect(states).not.toContain('closed');
   // Still signed in and able to call REST.
   expect((await bob.api.me()).id).toBe(bobUser.id);
+});
+
+test('two holders of one session (two tabs) never spend the same refresh token', async () => {
+  const server = await life.server({ env: { STOMPLINE_AUTH__ACCESS_TOKEN_TTL_SECS: '2' } });
+  // What localStorage is to two tabs.
+  let saved: StoredTokens | null = null;
+  const shared = { sharedTokens: () => saved, sessionLock: processLock() };
+  const first = life.track(sdk(server.http, shared));
+  first.on('tokens', (t) => (saved = t));
+  await registered(first, 'tabs');
+  const second = life.track(sdk(server.http, { ...shared, tokens: saved }));
+  second.on('tokens', (t) => (saved = t));
+  await first.start();
+  await second.start();
+  await eventually(() => first.isConnected && second.isConnected, 'both tabs connected');
+  // Three token lifetimes; each tab refreshes on its own timer.
+  await new Promise((r) => setTimeout(r, 6_500));
+  expect(first.api.tokens.current).not.toBeNull();
+  expect(second.api.tokens.current).not.toBeNull();
+  expect(first.api.tokens.refreshCount + second.api.tokens.refreshCount).toBeGreaterThanOrEqual(3);
+  await first.api.me();
+  await second.api.me();
+  expect(first.state).not.toBe('closed');
+  expect(second.state).not.toBe('closed');
 });
 
 test('typing is throttled; read and delivered watermarks and unread counters arrive', async () => {
