@@ -21,34 +21,12 @@ use stompline::relay::redis::RedisRelay;
 use stompline::relay::{Delivery, Inbox, Relay, RESYNC};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/services.rs"]
+mod services;
+
+use services::amqp_url;
+
 const WAIT: Duration = Duration::from_secs(30);
-
-fn required() -> bool {
-    std::env::var("STOMPLINE_REQUIRE_SERVICES").as_deref() == Ok("1")
-}
-
-fn skip(what: &str, why: impl std::fmt::Display) -> Option<Backend> {
-    assert!(
-        !required(),
-        "{what} is required (STOMPLINE_REQUIRE_SERVICES=1) but unusable: {why}"
-    );
-    eprintln!("SKIPPED: {what} unusable ({why})");
-    None
-}
-
-fn redis_url() -> String {
-    std::env::var("STOMPLINE_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into())
-}
-
-fn amqp_url() -> String {
-    std::env::var("STOMPLINE_TEST_AMQP_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -76,36 +54,13 @@ enum Backend {
 
 impl Backend {
     async fn redis() -> Option<Backend> {
-        let url = redis_url();
-        let client = match redis::Client::open(url.as_str()) {
-            Ok(c) => c,
-            Err(e) => return skip("Redis", e),
-        };
-        let mut admin =
-            match tokio::time::timeout(WAIT, client.get_multiplexed_async_connection()).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return skip("Redis", e),
-                Err(_) => return skip("Redis", "connect timed out"),
-            };
+        let mut admin = services::redis_admin().await?;
         // A user of its own, so killing "this test's connections" cannot
         // touch a test running beside it.
         let user = format!("relaytest_{}", unique());
-        let password = unique();
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(&user)
-            .arg("on")
-            .arg(format!(">{password}"))
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
-            .query_async::<()>(&mut admin)
-            .await
-            .expect("ACL SETUSER");
-        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let url = services::redis_url_as(&mut admin, &user).await;
         let config = RedisConfig {
-            url: format!("redis://{user}:{password}@{rest}"),
+            url,
             key_prefix: format!("relaytest:{}:", unique()),
             pool_size: 4,
         };
@@ -121,11 +76,9 @@ impl Backend {
             url: amqp_url(),
             exchange: format!("relaytest.{}", unique()),
         };
-        // Probe with a relay of our own: that is what the checks use.
-        match AmqpRelay::connect(&config, CancellationToken::new()).await {
-            Ok(_) => Some(Backend::Amqp { config }),
-            Err(e) => skip("RabbitMQ", e),
-        }
+        services::amqp_usable()
+            .await
+            .then_some(Backend::Amqp { config })
     }
 
     async fn instance(&self, shutdown: &CancellationToken) -> Instance {
@@ -181,11 +134,9 @@ impl Backend {
             mut admin, user, ..
         } = self
         {
-            let _ = redis::cmd("ACL")
-                .arg("DELUSER")
-                .arg(&user)
-                .query_async::<i64>(&mut admin)
-                .await;
+            services::redis_drop_user(&mut admin, &user).await;
+        } else if let Backend::Amqp { config } = self {
+            services::amqp_delete_exchange(&config.exchange).await;
         }
     }
 }

@@ -110,10 +110,9 @@ async fn open(t: &Target) -> Result<(Live, Channel, Consumer), RelayError> {
         consume.exchange_declare(
             &t.exchange,
             ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
+            // Not durable: it holds no messages, and every instance
+            // declares it again when it (re)connects.
+            ExchangeDeclareOptions::default(),
             FieldTable::default(),
         ),
     )
