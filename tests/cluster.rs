@@ -314,6 +314,13 @@ where
 /// `/topic/chat/{cid}` and `/user/queue/messages`, and history holds each
 /// once.
 async fn users_on_different_instances_converse(cluster: std::sync::Arc<Cluster>) {
+    for node in 0..3 {
+        let ready = cluster
+            .call(node, reqwest::Method::GET, "/readyz", None, None, 200)
+            .await;
+        assert_eq!(ready["checks"]["relay"], "ok", "{ready}");
+        assert_eq!(ready["checks"]["database"], "ok", "{ready}");
+    }
     let mut alice = user(&cluster, 0, "alice").await;
     let mut bob = user(&cluster, 1, "bob").await;
     let mut carol = user(&cluster, 2, "carol").await;
