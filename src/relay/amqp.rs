@@ -245,18 +245,16 @@ async fn supervise(
     shutdown: CancellationToken,
 ) {
     loop {
-        let lost = pump(&relay, &mut consumer, &inbox, &shutdown).await;
+        if !pump(&relay, &mut consumer, &inbox, &shutdown).await {
+            // Shutdown: the connection stays for the persister's last
+            // publications and closes with the process.
+            return;
+        }
         let old = {
             let mut subs = relay.subs.lock().await;
             *relay.publisher.write() = None;
             subs.live.take()
         };
-        if !lost {
-            if let Some(l) = old {
-                let _ = l.conn.close(200, "shutting down").await;
-            }
-            return;
-        }
         drop(old);
         let attempt = || async {
             let (live, publish, consumer) = open(&target).await?;
