@@ -24,7 +24,7 @@ use crate::chat::{events, Chat, Gateway};
 use crate::config::Config;
 use crate::pipeline::{run_persister, Dispatcher};
 use crate::presence::Presence;
-use crate::relay::{LocalRelay, Relay};
+use crate::relay;
 use crate::shared_state;
 use crate::stomp::Shared;
 use crate::store::{self, Store};
@@ -88,10 +88,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
 
-    // The message path, embedded: in-process bus and relay.
+    // The message path: in-process bus; the relay `config.relay` selects.
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
-    let (local_relay, relay_inbox) = LocalRelay::new();
-    let relay: Arc<dyn Relay> = local_relay;
+    let (relay, relay_inbox) = relay::connect(&config, shutdown.clone())
+        .await
+        .context("connecting the relay")?;
     let (bus, consumer) = LocalBus::new(64 * 1024);
     let broker = Arc::new(Broker::new(config.stomp.queue_hold_max));
     let gateway_tasks = Gateway::build(

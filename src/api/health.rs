@@ -18,9 +18,14 @@ pub(super) async fn healthz() -> impl IntoResponse {
 }
 
 /// 200 when every dependency answers; otherwise 503 naming the failed ones:
-/// `{"status":"unavailable","checks":{"database":"…"},"error":{…}}`.
+/// `{"status":"unavailable","checks":{"database":"…","relay":"ok"},"error":{…}}`.
+/// The relay is checked when it spans instances (`relay = "redis"|"amqp"`).
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
     let mut checks = vec![("database", probe(state.store.ping()).await)];
+    let relay = state.chat.gateway.relay().clone();
+    if relay.spans_instances() {
+        checks.push(("relay", probe(relay.ping()).await));
+    }
     if let Some(check) = shared_state_check(&state).await {
         checks.push(("shared_state", check));
     }

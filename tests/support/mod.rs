@@ -5,6 +5,7 @@
 
 pub mod pg;
 pub mod process;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::time::Duration;
