@@ -191,6 +191,25 @@ fn code(body: &Value) -> &str {
     e["code"].as_str().unwrap()
 }
 
+/// `(lastReadSeq, lastDeliveredSeq)` of `user` in a conversation object.
+fn marks_of(c: &Value, user: &User) -> (i64, i64) {
+    let m = c["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["userId"] == user.id.as_str())
+        .unwrap_or_else(|| panic!("{} is not a member: {c}", user.id));
+    assert_eq!(
+        keys(m),
+        ["lastDeliveredSeq", "lastReadSeq", "role", "userId"],
+        "{m}"
+    );
+    (
+        m["lastReadSeq"].as_i64().unwrap(),
+        m["lastDeliveredSeq"].as_i64().unwrap(),
+    )
+}
+
 fn role_of<'a>(c: &'a Value, user: &User) -> Option<&'a str> {
     c["members"]
         .as_array()
@@ -314,6 +333,11 @@ both!(
 both!(
     message_search_sees_only_my_conversations,
     pg_message_search_sees_only_my_conversations,
+    defaults
+);
+both!(
+    members_carry_read_and_delivered_positions,
+    pg_members_carry_read_and_delivered_positions,
     defaults
 );
 both!(presence_in_batch, pg_presence_in_batch, defaults);
@@ -574,6 +598,62 @@ mod scenario {
         let (_, mine) = api.get("/api/conversations", &alice).await;
         assert_eq!(items(&mine)[0]["unreadCount"], 0, "the sender has read it");
         assert_eq!(api.conversation(&bob, &first).await["unreadCount"], 1);
+    }
+
+    pub(super) async fn members_carry_read_and_delivered_positions(api: Api) {
+        let (alice, bob, carol) = (
+            api.user("alice").await,
+            api.user("bob").await,
+            api.user("carol").await,
+        );
+        let cid = api.group(&alice, "marks", &[&bob, &carol]).await;
+        for text in ["one", "two", "three"] {
+            api.send(&alice, &cid, text).await;
+        }
+        let c = api.conversation(&alice, &cid).await;
+        assert_eq!(marks_of(&c, &alice), (3, 3), "the sender has read it");
+        assert_eq!(marks_of(&c, &bob), (0, 0));
+        assert_eq!(marks_of(&c, &carol), (0, 0));
+
+        // Bob's session receives all three: delivered, not read.
+        let mut stomp = api.server.tcp().await;
+        stomp.connect_token(&bob.token).await;
+        let sub = format!(
+            "SUBSCRIBE\nid:s1\ndestination:/topic/chat/{cid}\nsince-seq:0\nreceipt:r1\n\n\0"
+        );
+        stomp.send(sub.as_bytes()).await;
+        stomp.await_receipt("r1").await;
+        for _ in 0..3 {
+            stomp.expect(Command::Message).await;
+        }
+        eventually("bob's delivered mark", || async {
+            let c = api.conversation(&alice, &cid).await;
+            (marks_of(&c, &bob) == (0, 3)).then_some(())
+        })
+        .await;
+
+        // Carol reads two over REST without receiving them: read counts as
+        // delivered.
+        let (status, _) = api
+            .post(
+                &format!("/api/conversations/{cid}/read"),
+                &carol,
+                json!({"upToSeq": 2}),
+            )
+            .await;
+        assert!(status.is_success(), "{status}");
+        let (status, list) = api.get("/api/conversations", &alice).await;
+        assert_eq!(status, StatusCode::OK);
+        let c = items(&list)
+            .into_iter()
+            .find(|c| id(c) == cid)
+            .unwrap_or_else(|| panic!("{cid} not listed: {list}"));
+        assert_eq!(marks_of(&c, &bob), (0, 3));
+        assert_eq!(marks_of(&c, &carol), (2, 2));
+        assert_eq!(marks_of(&c, &alice), (3, 3));
+        // Every member sees the same positions.
+        let seen_by_bob = api.conversation(&bob, &cid).await;
+        assert_eq!(marks_of(&seen_by_bob, &carol), (2, 2));
     }
 
     pub(super) async fn messages_are_sequenced_durable_and_idempotent(api: Api) {

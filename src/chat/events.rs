@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::store::{Conversation, Message};
+use crate::store::{Conversation, Member, Message};
 
 /// Relay channel of a conversation's events.
 pub fn conversation_channel(conversation_id: &str) -> String {
@@ -188,9 +188,20 @@ pub fn conversation_json(c: &Conversation) -> serde_json::Value {
         "id": c.id,
         "type": c.kind.as_str(),
         "name": c.name,
-        "members": c.members.iter().map(|m| serde_json::json!({"userId": m.user_id, "role": m.role.as_str()})).collect::<Vec<_>>(),
+        "members": c.members.iter().map(member_json).collect::<Vec<_>>(),
         "lastSeq": c.last_seq,
         "createdAt": rfc3339(c.created_at),
+    })
+}
+
+/// A `members` entry: the contract's `{userId, role}` plus where the member
+/// stands (a read message counts as delivered too).
+fn member_json(m: &Member) -> serde_json::Value {
+    serde_json::json!({
+        "userId": m.user_id,
+        "role": m.role.as_str(),
+        "lastReadSeq": m.last_read_seq,
+        "lastDeliveredSeq": m.last_delivered_seq.max(m.last_read_seq),
     })
 }
 
