@@ -94,6 +94,19 @@ test('two people find each other and chat with typing, delivered and read marks 
   await sendText(bob, 'back after a reload');
   await until(async () => (await bodies(alice.page)).includes('back after a reload'), 'message after reload');
 
+  // Marks after the sender's page is reloaded: read up to where bob read,
+  // delivered beyond (bob is online, with no conversation open).
+  await bob.page.reload();
+  await bob.page.getByRole('button', { name: /back after a reload/ }).waitFor();
+  await sendText(alice, 'delivered, not read');
+  await until(async () => (await aliceMarks.last().getAttribute('data-status')) === 'delivered', 'delivered, not read');
+  await alice.page.reload();
+  await alice.page.getByRole('button', { name: /delivered, not read/ }).click();
+  await until(async () => (await bodies(alice.page)).includes('delivered, not read'), 'history at alice after reload');
+  const statuses = () => aliceMarks.evaluateAll((els) => els.map((e) => e.getAttribute('data-status')));
+  // 'hello bob' was deleted (no mark); bob read the next two.
+  await until(async () => JSON.stringify(await statuses()) === JSON.stringify(['read', 'read', 'delivered']), 'marks after reload');
+
   await alice.context.close();
   await bob.context.close();
 });

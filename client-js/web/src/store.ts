@@ -95,6 +95,8 @@ export class ChatStore {
   private typingTimer: ReturnType<typeof setInterval> | undefined;
   /** Bodies of messages being sent, kept until the stored message arrives. */
   private sending = new Map<string, OutboxItem>();
+  private focusedOn: string | null = null;
+  private focusClient: StomplineClient | null = null;
 
   subscribe = (fn: () => void): (() => void) => {
     this.listeners.add(fn);
@@ -104,7 +106,22 @@ export class ChatStore {
   private set(patch: Partial<ChatState> | ((s: ChatState) => Partial<ChatState>)): void {
     const p = typeof patch === 'function' ? patch(this.state) : patch;
     this.state = { ...this.state, ...p };
+    this.syncFocus();
     for (const l of this.listeners) l();
+  }
+
+  /**
+   * Typing and read topics are followed for the open conversation only (the
+   * subscription count stays the same however many conversations there are).
+   */
+  private syncFocus(): void {
+    const c = this.client;
+    const want = this.state.selected;
+    if (this.focusedOn === want && this.focusClient === c) return;
+    if (this.focusedOn && this.focusClient === c) c?.blur(this.focusedOn);
+    this.focusedOn = want;
+    this.focusClient = c;
+    if (want) void c?.focus(want);
   }
 
   private newClient(tokens: StoredTokens | null): StomplineClient {
@@ -202,6 +219,7 @@ export class ChatStore {
     const conversations = await real.start();
     real.setPresence(document.visibilityState === 'visible' ? 'online' : 'away');
     this.set({ conversations: sortConversations(conversations) });
+    this.seedMarks(conversations);
     await this.refreshPeople();
     this.typingTimer = setInterval(() => this.expireTyping(), 1_000);
   }
@@ -291,6 +309,7 @@ export class ChatStore {
       const list = await c.api.conversations();
       for (const conv of list) c.watch(conv.id, conv.lastSeq);
       this.set({ conversations: sortConversations(list) });
+      this.seedMarks(list);
       const sel = this.state.selected;
       if (sel && this.state.messages[sel]) {
         const last = this.state.messages[sel]?.at(-1)?.seq ?? 0;
@@ -551,6 +570,7 @@ export class ChatStore {
   }
 
   private upsertConversation(conv: Conversation): void {
+    this.seedMarks([conv]);
     this.set((s) => {
       const old = s.conversations.find((x) => x.id === conv.id);
       const merged = old ? { ...old, ...conv, lastMessage: conv.lastMessage ?? old.lastMessage } : conv;
@@ -569,6 +589,33 @@ export class ChatStore {
     } catch {
       // Removed meanwhile, or offline: the next resync settles it.
     }
+  }
+
+  /**
+   * Other members' read and delivered positions as the server has them
+   * (`members[].lastReadSeq` / `lastDeliveredSeq`), so the marks are right
+   * after a reload; later events only move them forward.
+   */
+  private seedMarks(list: Conversation[]): void {
+    const me = this.state.me?.id;
+    this.set((s) => {
+      const reads = { ...s.reads };
+      const delivered = { ...s.delivered };
+      for (const conv of list) {
+        const r = { ...(reads[conv.id] ?? {}) };
+        const d = { ...(delivered[conv.id] ?? {}) };
+        for (const m of conv.members) {
+          if (m.userId === me) continue;
+          const read = m.lastReadSeq ?? 0;
+          const got = Math.max(m.lastDeliveredSeq ?? 0, read);
+          if (read > (r[m.userId] ?? 0)) r[m.userId] = read;
+          if (got > (d[m.userId] ?? 0)) d[m.userId] = got;
+        }
+        reads[conv.id] = r;
+        delivered[conv.id] = d;
+      }
+      return { reads, delivered };
+    });
   }
 
   private bumpMark(kind: 'reads' | 'delivered', cid: string, userId: string, upTo: number): void {

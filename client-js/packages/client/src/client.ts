@@ -42,6 +42,8 @@ export interface ClientOptions extends Omit<ApiOptions, 'onTokens'> {
   gapFillMs?: number;
   /** How long a connection attempt may take to reach CONNECTED (default 15000 ms). */
   connectTimeoutMs?: number;
+  /** At most this many conversations resumed at once after a reconnect (default 32). */
+  resumeConcurrency?: number;
   /** Tokens kept from an earlier session. */
   tokens?: StoredTokens | null;
   debug?: (line: string) => void;
@@ -51,15 +53,21 @@ const PROTOCOLS = ['v12.stomp', 'v11.stomp', 'v10.stomp'];
 /** Send errors worth retrying later rather than giving up. */
 const RETRYABLE = new Set(['rate_limited', 'unavailable']);
 const SEEN_CAP = 10_000;
+const USER_MESSAGES = '/user/queue/messages';
 
 interface Tracked {
-  /** Highest seq handed to the application; the next SUBSCRIBE resumes after it. */
+  /** Highest seq handed to the application; a resume starts after it. */
   delivered: number;
   /** Messages that arrived ahead of a gap, by seq. */
   pending: Map<number, Message>;
-  subs: StompSubscription[];
   gapTimer: ReturnType<typeof setTimeout> | undefined;
   filling: boolean;
+  /** While resuming: the `since-seq` subscription, dropped once `delivered` reaches `target`. */
+  resume: StompSubscription | undefined;
+  /** The conversation's last seq when the resume was planned. */
+  target: number;
+  /** Waiting for a resume slot. */
+  queued: boolean;
 }
 
 export class StomplineClient {
@@ -67,6 +75,13 @@ export class StomplineClient {
   private readonly events = new Emitter<ClientEvents>();
   private readonly outbox: Outbox;
   private readonly convs = new Map<string, Tracked>();
+  /** Conversations whose typing and read topics are followed (the open ones). */
+  private readonly focused = new Map<string, StompSubscription[]>();
+  /** Conversations waiting for a resume slot, in order. */
+  private resumeQueue: string[] = [];
+  private resuming = 0;
+  private focusCount = 0;
+  private resumeRetry: ReturnType<typeof setTimeout> | undefined;
   private readonly seen = new Set<string>();
   private readonly typingSent = new Map<string, number>();
   private readonly readSent = new Map<string, number>();
@@ -173,8 +188,8 @@ export class StomplineClient {
     for (const c of this.convs.values()) {
       if (c.gapTimer) clearTimeout(c.gapTimer);
       c.gapTimer = undefined;
-      c.subs = [];
     }
+    this.dropSubscriptions();
     const s = this.stomp;
     this.stomp = undefined;
     this.connected = false;
@@ -197,15 +212,15 @@ export class StomplineClient {
 
   // ---- conversations ----
 
-  /** Follows a conversation: its events are delivered from `sinceSeq + 1` on, in order. */
+  /**
+   * Follows a conversation: its message events are delivered from
+   * `sinceSeq + 1` on, in order. Following costs no subscription: message
+   * events of every conversation arrive on the one `/user/queue/messages`
+   * subscription, and a conversation that is behind is resumed with a
+   * short-lived `since-seq` subscription.
+   */
   watch(conversationId: string, sinceSeq = 0): void {
-    let c = this.convs.get(conversationId);
-    if (c) {
-      return;
-    }
-    c = { delivered: sinceSeq, pending: new Map(), subs: [], gapTimer: undefined, filling: false };
-    this.convs.set(conversationId, c);
-    if (this.connected && this.stomp) this.subscribeConversation(this.stomp, conversationId, c);
+    this.track(conversationId, sinceSeq, true);
   }
 
   unwatch(conversationId: string): void {
@@ -213,7 +228,38 @@ export class StomplineClient {
     if (!c) return;
     this.convs.delete(conversationId);
     if (c.gapTimer) clearTimeout(c.gapTimer);
-    if (this.connected) for (const s of c.subs) s.unsubscribe();
+    this.endResume(c);
+    this.blur(conversationId);
+  }
+
+  /**
+   * Follows a conversation's typing and read topics (two subscriptions) —
+   * for the conversations on screen; `blur` stops. Kept across reconnects.
+   * Resolves once the server confirmed the subscriptions (at once when not
+   * connected: they are made on the next connection).
+   */
+  focus(conversationId: string): Promise<void> {
+    if (this.focused.has(conversationId) || !this.connected || !this.stomp) {
+      if (!this.focused.has(conversationId)) this.focused.set(conversationId, []);
+      return Promise.resolve();
+    }
+    this.focused.set(conversationId, []);
+    return this.subscribeFocus(this.stomp, conversationId);
+  }
+
+  blur(conversationId: string): void {
+    const subs = this.focused.get(conversationId);
+    if (!subs) return;
+    this.focused.delete(conversationId);
+    if (this.connected) for (const s of subs) unsubscribeQuietly(s);
+  }
+
+  /** How many STOMP subscriptions the connection holds (for diagnostics and tests). */
+  get subscriptionCount(): number {
+    let n = this.connected ? 5 : 0;
+    for (const subs of this.focused.values()) n += subs.length;
+    for (const c of this.convs.values()) if (c.resume) n += 1;
+    return n;
   }
 
   /** The highest seq delivered to the application for a conversation. */
@@ -377,7 +423,7 @@ export class StomplineClient {
       this.stomp = undefined;
       this.connected = false;
       this.typingSent.clear();
-      for (const c of this.convs.values()) c.subs = [];
+      this.dropSubscriptions();
       void stomp.deactivate();
       this.scheduleReconnect();
     };
@@ -404,7 +450,11 @@ export class StomplineClient {
 
   private onConnected(stomp: Client): void {
     const sub = (dest: string, fn: (m: IMessage) => void) => stomp.subscribe(dest, (m) => fn(m));
-    sub('/user/queue/messages', (m) => this.onChatFrame(m));
+    // Message events of every conversation, live from the moment the
+    // RECEIPT comes; then what was missed meanwhile is resumed.
+    const receipt = `resume-${this.connectCount}`;
+    stomp.watchForReceipt(receipt, () => void this.resumeAll(stomp));
+    stomp.subscribe(USER_MESSAGES, (m) => this.onChatFrame(m), { receipt });
     sub('/user/queue/receipts', (m) => this.onReceiptFrame(m));
     sub('/user/queue/presence', (m) => {
       const p = body<Presence>(m);
@@ -412,26 +462,135 @@ export class StomplineClient {
     });
     sub('/user/queue/notifications', (m) => this.onNotification(m));
     sub('/user/queue/errors', (m) => this.onErrorFrame(m));
-    for (const [cid, c] of this.convs) this.subscribeConversation(stomp, cid, c);
+    for (const cid of this.focused.keys()) void this.subscribeFocus(stomp, cid);
     if (this.presence) this.publish(stomp, '/app/presence.set', { status: this.presence });
     for (const item of this.outbox.pending()) this.transmit(stomp, item);
     this.setState('connected');
   }
 
-  private subscribeConversation(stomp: Client, cid: string, c: Tracked): void {
+  private subscribeFocus(stomp: Client, cid: string): Promise<void> {
     const topic = `/topic/chat/${cid}`;
-    c.subs = [
-      // Resume: everything after the last seq delivered, then live.
-      stomp.subscribe(topic, (m) => this.onChatFrame(m), { 'since-seq': String(c.delivered) }),
+    const receipt = `focus-${cid}-${++this.focusCount}`;
+    const confirmed = new Promise<void>((resolve) => {
+      stomp.watchForReceipt(receipt, () => resolve());
+      // A connection that closes first never confirms; do not hang.
+      const off = this.events.on('connection', () => {
+        off();
+        resolve();
+      });
+    });
+    this.focused.set(cid, [
       stomp.subscribe(`${topic}/typing`, (m) => {
         const t = body<TypingEvent>(m);
         if (t && t.userId !== this.userId) this.events.emit('typing', t);
       }),
-      stomp.subscribe(`${topic}/read`, (m) => {
-        const r = body<WatermarkEvent>(m);
-        if (r) this.events.emit('read', r);
-      }),
-    ];
+      stomp.subscribe(
+        `${topic}/read`,
+        (m) => {
+          const r = body<WatermarkEvent>(m);
+          if (r) this.events.emit('read', r);
+        },
+        { receipt },
+      ),
+    ]);
+    return confirmed;
+  }
+
+  /** The connection is gone, and its subscriptions with it. */
+  private dropSubscriptions(): void {
+    for (const cid of this.focused.keys()) this.focused.set(cid, []);
+    for (const c of this.convs.values()) {
+      c.resume = undefined;
+      c.queued = false;
+    }
+    this.resumeQueue = [];
+    this.resuming = 0;
+    if (this.resumeRetry !== undefined) clearTimeout(this.resumeRetry);
+    this.resumeRetry = undefined;
+  }
+
+  private track(cid: string, sinceSeq: number, checkBehind: boolean): Tracked {
+    let c = this.convs.get(cid);
+    if (c) return c;
+    c = { delivered: sinceSeq, pending: new Map(), gapTimer: undefined, filling: false, resume: undefined, target: 0, queued: false };
+    this.convs.set(cid, c);
+    const stomp = this.stomp;
+    if (checkBehind && this.connected && stomp) void this.resumeOne(stomp, cid);
+    return c;
+  }
+
+  /**
+   * After (re)connecting: every followed conversation whose last seq (from
+   * `GET /api/conversations`, read after the user queue is live) is ahead of
+   * what was delivered gets resumed.
+   */
+  private async resumeAll(stomp: Client): Promise<void> {
+    if (this.stomp !== stomp) return;
+    let list: Conversation[];
+    try {
+      list = await this.api.conversations();
+    } catch {
+      // Try again while this connection lasts.
+      if (this.stomp === stomp && this.resumeRetry === undefined) {
+        this.resumeRetry = setTimeout(() => {
+          this.resumeRetry = undefined;
+          void this.resumeAll(stomp);
+        }, 1_000);
+      }
+      return;
+    }
+    if (this.stomp !== stomp || !this.connected) return;
+    for (const conv of list) this.planResume(stomp, conv.id, conv.lastSeq);
+  }
+
+  /** Resumes one conversation followed while connected, if it is behind. */
+  private async resumeOne(stomp: Client, cid: string): Promise<void> {
+    try {
+      const conv = await this.api.conversation(cid);
+      if (this.stomp === stomp && this.connected) this.planResume(stomp, cid, conv.lastSeq);
+    } catch {
+      // Not a member (any more), or offline: the next connection resumes it.
+    }
+  }
+
+  private planResume(stomp: Client, cid: string, lastSeq: number): void {
+    const c = this.convs.get(cid);
+    if (!c || c.delivered >= lastSeq) return;
+    c.target = Math.max(c.target, lastSeq);
+    if (c.resume || c.queued) return;
+    c.queued = true;
+    this.resumeQueue.push(cid);
+    this.pumpResumes(stomp);
+  }
+
+  /** Starts queued resumes while there are free slots. */
+  private pumpResumes(stomp: Client): void {
+    const cap = Math.max(1, this.options.resumeConcurrency ?? 32);
+    while (this.resuming < cap && this.resumeQueue.length > 0 && this.stomp === stomp && this.connected) {
+      const cid = this.resumeQueue.shift() ?? '';
+      const c = this.convs.get(cid);
+      if (!c || !c.queued) continue;
+      c.queued = false;
+      if (c.delivered >= c.target) continue;
+      this.resuming += 1;
+      // Everything after the last seq delivered, from the store, then live
+      // (duplicates of the user queue are dropped by id).
+      c.resume = stomp.subscribe(`/topic/chat/${cid}`, (m) => this.onChatFrame(m), { 'since-seq': String(c.delivered) });
+    }
+  }
+
+  /** Drops a conversation's resume subscription (caught up, or no longer followed). */
+  private endResume(c: Tracked): void {
+    c.queued = false;
+    const sub = c.resume;
+    if (!sub) return;
+    c.resume = undefined;
+    this.resuming = Math.max(0, this.resuming - 1);
+    const stomp = this.stomp;
+    if (this.connected && stomp) {
+      unsubscribeQuietly(sub);
+      this.pumpResumes(stomp);
+    }
   }
 
   private publish(stomp: Client, destination: string, payload: unknown, headers: Record<string, string> = {}): void {
@@ -498,9 +657,7 @@ export class StomplineClient {
     let c = this.convs.get(m.conversationId);
     if (!c) {
       // A conversation we did not follow yet (e.g. just added to it).
-      this.watch(m.conversationId, m.seq - 1);
-      c = this.convs.get(m.conversationId);
-      if (!c) return;
+      c = this.track(m.conversationId, m.seq - 1, false);
     }
     if (m.seq <= c.delivered) {
       this.remember(m.id);
@@ -525,6 +682,7 @@ export class StomplineClient {
 
   private deliver(c: Tracked, m: Message): void {
     c.delivered = m.seq;
+    if (c.resume && c.delivered >= c.target) this.endResume(c);
     this.remember(m.id);
     // The echo of our own send also confirms it (should its RECEIPT be lost).
     if (m.clientMsgId && m.senderId === this.userId) this.confirm(m.clientMsgId, m.conversationId, m.id, m.seq);
@@ -625,6 +783,14 @@ export class StomplineClient {
       const oldest = this.seen.values().next();
       if (!oldest.done) this.seen.delete(oldest.value);
     }
+  }
+}
+
+function unsubscribeQuietly(sub: StompSubscription): void {
+  try {
+    sub.unsubscribe();
+  } catch {
+    // The socket closed under us; the subscription is gone anyway.
   }
 }
 

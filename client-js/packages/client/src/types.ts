@@ -24,6 +24,10 @@ export type Role = 'owner' | 'admin' | 'member';
 export interface Member {
   userId: string;
   role: Role;
+  /** Highest seq this member has read (a stompline extension of the contract). */
+  lastReadSeq?: number;
+  /** Highest seq one of this member's sessions received; never below `lastReadSeq`. */
+  lastDeliveredSeq?: number;
 }
 
 export interface Message {

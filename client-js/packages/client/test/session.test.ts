@@ -63,6 +63,9 @@ test('typing is throttled; read and delivered watermarks and unread counters arr
   const { alice, bob, bobUser, conv } = await chatting(life, server, { aliceOptions: { typingThrottleMs: 60_000 } });
   const typing: boolean[] = [];
   bob.on('typing', (t) => typing.push(t.typing));
+  // Typing and read topics are followed for the open conversation only.
+  await bob.focus(conv.id);
+  expect(bob.subscriptionCount).toBe(7);
   const reads: WatermarkEvent[] = [];
   const delivered: WatermarkEvent[] = [];
   alice.on('read', (r) => reads.push(r));
