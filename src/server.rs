@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::pipeline::{run_persister, Dispatcher};
 use crate::presence::Presence;
 use crate::relay;
+use crate::shared_state;
 use crate::stomp::Shared;
 use crate::store::{self, Store};
 use crate::transport::{tcp, ws};
@@ -111,6 +112,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay.clone(),
         shutdown.clone(),
     ));
+    let state = shared_state::open(&config, &instance_id)
+        .await
+        .context("opening the shared state")?;
+    state
+        .share_revocations(&auth, shutdown.clone())
+        .await
+        .context("reading revoked sessions")?;
     let chat = Chat::new(
         store.clone(),
         Arc::new(bus),
@@ -118,13 +126,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         gateway,
         dispatcher,
         config.chat.clone(),
-        &config.presence,
+        state.chat.clone(),
     );
-    let presence = Presence::new(
-        store.clone(),
-        relay.clone(),
-        Duration::from_millis(config.presence.offline_grace_ms),
-    );
+    let presence = Presence::with_state(store.clone(), relay.clone(), state.presence.clone());
+    tokio::spawn(presence.clone().run(
+        Duration::from_millis(config.presence.refresh_ms.max(1)),
+        shutdown.clone(),
+    ));
     spawn_chat_timers(chat.clone(), &config.chat, shutdown.clone());
 
     let shared = Arc::new(Shared {
@@ -164,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: Some(metrics),
         chat: shared.chat.clone(),
         presence: shared.presence.clone(),
+        shared_state: state.redis.clone(),
     })
     .merge(
         Router::new()

@@ -21,55 +21,62 @@ pub(super) async fn healthz() -> impl IntoResponse {
 /// `{"status":"unavailable","checks":{"database":"…","relay":"ok"},"error":{…}}`.
 /// The relay is checked when it spans instances (`relay = "redis"|"amqp"`).
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
-    let mut checks = serde_json::Map::new();
-    let mut failed = Vec::new();
-    let database = probe(state.store.ping()).await;
-    record(&mut checks, &mut failed, "database", database);
+    let mut checks = vec![("database", probe(state.store.ping()).await)];
     let relay = state.chat.gateway.relay().clone();
     if relay.spans_instances() {
-        let outcome = probe(relay.ping()).await;
-        record(&mut checks, &mut failed, "relay", outcome);
+        checks.push(("relay", probe(relay.ping()).await));
     }
+    if let Some(check) = shared_state_check(&state).await {
+        checks.push(("shared_state", check));
+    }
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(name, _)| *name)
+        .collect();
+    let report: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => "ok".to_owned(),
+                Err(detail) => detail.clone(),
+            };
+            ((*name).to_owned(), json!(v))
+        })
+        .collect();
     if failed.is_empty() {
-        return axum::Json(json!({ "status": "ready", "checks": checks })).into_response();
+        return axum::Json(json!({ "status": "ready", "checks": report })).into_response();
+    }
+    for (name, r) in &checks {
+        if let Err(detail) = r {
+            tracing::warn!(dependency = name, error = %detail, "not ready");
+        }
     }
     let body = json!({
         "status": "unavailable",
-        "checks": checks,
+        "checks": report,
         "error": {
             "code": "dependency_unavailable",
-            "message": format!("{} is not answering", failed.join(", ")),
+            "message": format!("not answering: {}", failed.join(", ")),
         },
     });
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
-/// Runs one readiness probe within [`PROBE_TIMEOUT`].
+/// Redis holding the shared state, when configured.
+async fn shared_state_check(state: &ApiState) -> Option<Result<(), String>> {
+    let redis = state.shared_state.as_ref()?;
+    Some(probe(redis.ping()).await)
+}
+
+/// A dependency's answer within [`PROBE_TIMEOUT`].
 async fn probe<E: std::fmt::Display>(
-    f: impl std::future::Future<Output = Result<(), E>>,
+    check: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), String> {
-    match tokio::time::timeout(PROBE_TIMEOUT, f).await {
+    match tokio::time::timeout(PROBE_TIMEOUT, check).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
-    }
-}
-
-fn record(
-    checks: &mut serde_json::Map<String, serde_json::Value>,
-    failed: &mut Vec<&'static str>,
-    name: &'static str,
-    outcome: Result<(), String>,
-) {
-    match outcome {
-        Ok(()) => {
-            checks.insert(name.into(), "ok".into());
-        }
-        Err(detail) => {
-            tracing::warn!(dependency = name, error = %detail, "not ready");
-            checks.insert(name.into(), detail.into());
-            failed.push(name);
-        }
     }
 }
 

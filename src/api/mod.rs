@@ -44,6 +44,9 @@ pub struct ApiState {
     pub chat: Arc<crate::chat::Chat>,
     /// Presence.
     pub presence: Arc<crate::presence::Presence>,
+    /// Redis holding the shared state (`shared_state = "redis"`), checked
+    /// by `/readyz`.
+    pub shared_state: Option<crate::shared_state::RedisShared>,
 }
 
 /// Builds the REST router: `/api/…`, `/healthz`, `/readyz`, `/metrics`.
