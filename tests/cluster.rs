@@ -1,7 +1,9 @@
 //! Three `stompline` processes sharing one fresh PostgreSQL database and a
 //! cluster relay: Redis pub/sub (`redis_…` tests) or a RabbitMQ topic
 //! exchange (`amqp_…` tests), each test with a key prefix / exchange of its
-//! own. The bus is the default local one: each instance persists its own
+//! own. The Redis clusters also keep shared state in Redis (presence answers
+//! the same on every instance). The bus is the default local one: each
+//! instance persists its own
 //! sends, and the store keeps `seq` gapless because it assigns it inside the
 //! transaction.
 //!
@@ -66,6 +68,8 @@ impl Cluster {
             RelayKind::Redis => {
                 redis = Some(services::redis_admin().await?);
                 env.push(("STOMPLINE_RELAY".into(), "redis".into()));
+                // Presence, typing, revocations and rate limits shared too.
+                env.push(("STOMPLINE_SHARED_STATE".into(), "redis".into()));
                 env.push((
                     "STOMPLINE_REDIS__KEY_PREFIX".into(),
                     format!("clustertest:{unique}:"),
@@ -639,6 +643,22 @@ async fn presence_crosses_instances(cluster: std::sync::Arc<Cluster>) {
     let p = next_event(&mut bob.client, "p", "presence").await;
     assert_eq!(json_body(&p)["userId"], alice_id.as_str());
     assert_eq!(json_body(&p)["status"], "online");
+    if cluster.redis.is_some() {
+        // With shared state, every instance answers the same.
+        for node in [1, 2] {
+            let v = cluster
+                .call(
+                    node,
+                    reqwest::Method::GET,
+                    &format!("/api/presence?userIds={alice_id}"),
+                    Some(&bob.token),
+                    None,
+                    200,
+                )
+                .await;
+            assert_eq!(v["items"][0]["status"], "online", "{v}");
+        }
+    }
     drop(alice);
     let p = next_event(&mut bob.client, "p", "presence").await;
     assert_eq!(json_body(&p)["userId"], alice_id.as_str());
