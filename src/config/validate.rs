@@ -245,18 +245,18 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     if config.relay == RelayKind::Redis || config.shared_state == SharedStateKind::Redis {
         let url = config.redis.url.trim();
         c.check(
-            url.starts_with("redis://") || url.starts_with("rediss://"),
+            url.starts_with("redis://"),
             "redis.url",
-            "must be redis://… or rediss://…",
+            "must be redis://… (TLS to Redis is not built in: use a local TLS tunnel)",
         );
         c.positive(u64::from(config.redis.pool_size), "redis.pool_size");
     }
     if config.relay == RelayKind::Amqp {
         let url = config.amqp.url.trim();
         c.check(
-            url.starts_with("amqp://") || url.starts_with("amqps://"),
+            url.starts_with("amqp://"),
             "amqp.url",
-            "must be amqp://… or amqps://…",
+            "must be amqp://… (TLS to RabbitMQ is not built in: use a local TLS tunnel)",
         );
         c.check(
             !config.amqp.exchange.trim().is_empty(),
