@@ -15,13 +15,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
 use crate::api::{self, ApiState};
-use crate::auth::{Auth, AuthSettings};
+use crate::auth::limiter::MemoryLimiter;
+use crate::auth::{Auth, AuthSettings, OtpSettings, RateLimits};
 use crate::broker::{Broker, Registry};
 use crate::bus::LocalBus;
 use crate::chat::{events, Chat, Gateway};
 use crate::config::Config;
+use crate::mail::{Courier, Retry, Senders};
 use crate::pipeline::{run_persister, Dispatcher};
 use crate::presence::Presence;
 use crate::relay::{LocalRelay, Relay};
@@ -69,6 +72,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let store = open_store(&config).await?;
+    let shutdown = CancellationToken::new();
+    let senders = Senders::from_config(&config).context("setting up mail delivery")?;
+    let courier = Courier::start(senders, Retry::from_config(&config.mail), shutdown.clone());
+    let limits = RateLimits::new(Arc::new(MemoryLimiter::new()), config.rate_limit.clone());
     let auth = Arc::new(
         Auth::new(
             AuthSettings {
@@ -79,13 +86,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 argon2_memory_kib: config.auth.argon2_memory_kib,
                 argon2_iterations: config.auth.argon2_iterations,
                 argon2_parallelism: config.auth.argon2_parallelism,
+                otp: OtpSettings {
+                    ttl: Duration::from_secs(config.auth.otp_ttl_secs),
+                    max_attempts: config.auth.otp_max_attempts,
+                    resend: Duration::from_secs(config.auth.otp_resend_secs),
+                    per_hour: config.auth.otp_per_hour,
+                    per_hour_per_ip: config.auth.otp_per_hour_per_ip,
+                },
             },
             store.clone(),
         )
-        .context("setting up authentication")?,
+        .context("setting up authentication")?
+        .with_rate_limits(limits)
+        .with_courier(courier),
     );
+    spawn_otp_sweeper(store.clone(), shutdown.clone());
     let metrics = crate::metrics::install();
-    let shutdown = CancellationToken::new();
 
     // The message path, embedded: in-process bus and relay.
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
@@ -163,6 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: Some(metrics),
         chat: shared.chat.clone(),
         presence: shared.presence.clone(),
+        cookie_secure: config.auth.cookie_secure,
     })
     .merge(
         Router::new()
@@ -173,6 +190,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 tracker: tracker.clone(),
             }),
     );
+    let router = api::security::protect(router, &config.auth.allowed_origins);
 
     let http = TcpListener::bind(config.http_socket_addr())
         .await
@@ -282,7 +300,17 @@ async fn accept_http(
             break;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers read the peer address (rate limits per IP) from here.
+        let peer = stream.peer_addr().ok();
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                if let Some(peer) = peer {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
+                req
+            },
+        ));
         let mut conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -329,6 +357,23 @@ async fn accept_stomp(
             }
         }
     }
+}
+
+/// Deletes expired one-time codes every ten minutes.
+fn spawn_otp_sweeper(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = store.delete_expired_otps(store::now()).await {
+                        tracing::warn!(error = %e, "deleting expired one-time codes failed");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Periodic chat work: ending typing indicators nobody renewed, and the

@@ -16,6 +16,11 @@
 //! Usernames are stored and returned as the user typed them; uniqueness and
 //! login ignore letter case.
 
+pub mod abuse;
+mod account;
+mod cookie;
+pub mod limiter;
+mod otp;
 mod password;
 mod token;
 pub mod validate;
@@ -28,7 +33,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use crate::mail::Courier;
 use crate::store::{self, NewRefreshToken, NewUser, Session, Store, StoreError, User};
+pub use abuse::{Action, Limited, RateLimits};
+pub use cookie::{BrowserSession, CSRF_COOKIE, SESSION_COOKIE};
+pub use otp::{Identifier, OtpSettings};
 use password::Passwords;
 use token::{Claims, Signer};
 pub use validate::ValidationError;
@@ -52,6 +61,8 @@ pub struct AuthSettings {
     pub argon2_iterations: u32,
     /// argon2id lanes.
     pub argon2_parallelism: u32,
+    /// One-time code rules.
+    pub otp: OtpSettings,
 }
 
 impl Default for AuthSettings {
@@ -66,6 +77,7 @@ impl Default for AuthSettings {
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            otp: OtpSettings::default(),
         }
     }
 }
@@ -139,6 +151,16 @@ pub enum AuthError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Too many attempts; retry after the given time.
+    #[error("too many attempts; retry later")]
+    RateLimited(Duration),
+    /// A one-time code that is wrong, expired, spent or out of attempts
+    /// (deliberately indistinguishable).
+    #[error("the code is wrong or no longer valid")]
+    InvalidCode,
+    /// The current password given with a password change is wrong.
+    #[error("the current password is wrong")]
+    WrongPassword,
     /// Anything else that is our fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -156,6 +178,9 @@ impl AuthError {
             Self::RefreshTokenReused => "refresh_token_reused",
             Self::Validation(v) => v.code(),
             Self::Conflict(_) => "conflict",
+            Self::RateLimited(_) => "rate_limited",
+            Self::InvalidCode => "invalid_code",
+            Self::WrongPassword => "wrong_password",
             Self::Store(_) | Self::Internal(_) => "internal",
         }
     }
@@ -170,6 +195,7 @@ impl AuthError {
                 | Self::InvalidToken
                 | Self::SessionRevoked
                 | Self::RefreshTokenReused
+                | Self::InvalidCode
         )
     }
 }
@@ -189,6 +215,12 @@ pub struct Auth {
     /// unexpired.
     revoked: Mutex<HashMap<String, SystemTime>>,
     revocations: broadcast::Sender<String>,
+    /// Key of the one-time code and CSRF hashes (the signing secret).
+    secret: Vec<u8>,
+    otp: OtpSettings,
+    limits: RateLimits,
+    /// Delivers one-time codes; `None` drops them (with a warning).
+    courier: Option<Arc<Courier>>,
 }
 
 impl Auth {
@@ -208,7 +240,29 @@ impl Auth {
             refresh_ttl: settings.refresh_ttl,
             revoked: Mutex::new(HashMap::new()),
             revocations: broadcast::channel(REVOCATION_CHANNEL).0,
+            secret,
+            otp: settings.otp,
+            limits: RateLimits::default(),
+            courier: None,
         })
+    }
+
+    /// Uses `limits` for logins, registrations and codes (the default
+    /// counts only the hourly code caps).
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Delivers one-time codes through `courier`.
+    pub fn with_courier(mut self, courier: Arc<Courier>) -> Self {
+        self.courier = Some(courier);
+        self
+    }
+
+    /// The rate-limit policy.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
     }
 
     /// Lifetime of access tokens.
@@ -237,6 +291,10 @@ impl Auth {
     /// through this instance) revocation. No I/O.
     pub fn verify_access_token(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.signer.verify(token).map_err(count_failure)?;
+        // A session cookie's token is not a bearer token.
+        if claims.kind.is_some() {
+            return Err(count_failure(AuthError::InvalidToken));
+        }
         if self.is_revoked(&claims.sid) {
             return Err(count_failure(AuthError::SessionRevoked));
         }
@@ -251,7 +309,7 @@ impl Auth {
     /// Creates an account and logs it in.
     pub async fn register(&self, registration: Registration) -> Result<TokenPair, AuthError> {
         validate::validate_username(&registration.username)?;
-        validate::validate_password(&registration.password)?;
+        validate::validate_new_password(&registration.password)?;
         let email = registration
             .email
             .as_deref()
@@ -279,6 +337,84 @@ impl Auth {
                 other => AuthError::Store(other),
             })?;
         self.open_session(user).await
+    }
+
+    /// [`Auth::authenticate_password`] under the rate limits: the caller's
+    /// IP and the account's failures may refuse it
+    /// ([`AuthError::RateLimited`]), and a failure is answered late once
+    /// the account has failed repeatedly.
+    pub async fn authenticate_password_from(
+        &self,
+        action: Action,
+        ip: Option<std::net::IpAddr>,
+        username_or_email: &str,
+        password: &str,
+    ) -> Result<Principal, AuthError> {
+        let user = self
+            .guarded(action, ip, username_or_email, password)
+            .await?;
+        Ok(Principal {
+            user_id: user.id,
+            username: user.username,
+            session_id: None,
+            expires_at: None,
+        })
+    }
+
+    /// [`Auth::login`] under the rate limits (see
+    /// [`Auth::authenticate_password_from`]).
+    pub async fn login_from(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        username_or_email: &str,
+        password: &str,
+    ) -> Result<TokenPair, AuthError> {
+        let user = self
+            .guarded(Action::Login, ip, username_or_email, password)
+            .await?;
+        self.open_session(user).await
+    }
+
+    async fn guarded(
+        &self,
+        action: Action,
+        ip: Option<std::net::IpAddr>,
+        login: &str,
+        password: &str,
+    ) -> Result<User, AuthError> {
+        let limited = |l: Limited| AuthError::RateLimited(l.retry_after);
+        self.limits.check_ip(action, ip).await.map_err(limited)?;
+        self.limits
+            .check_account(action, login)
+            .await
+            .map_err(limited)?;
+        match self.check_password(login, password).await {
+            Ok(user) => {
+                self.limits.succeeded(action, login).await;
+                Ok(user)
+            }
+            Err(AuthError::InvalidCredentials) => {
+                let delay = self.limits.failed(action, login).await;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Err(AuthError::InvalidCredentials)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Auth::register`] under the per-IP limit.
+    pub async fn register_from(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        registration: Registration,
+    ) -> Result<TokenPair, AuthError> {
+        self.limits
+            .check_ip(Action::Register, ip)
+            .await
+            .map_err(|l| AuthError::RateLimited(l.retry_after))?;
+        self.register(registration).await
     }
 
     /// Checks a password and opens a new session.
@@ -441,6 +577,7 @@ impl Auth {
             username: user.username.clone(),
             exp: iat + self.access_ttl_secs,
             iat,
+            kind: None,
         })?;
         Ok(TokenPair {
             user,
