@@ -67,6 +67,94 @@ pub struct Config {
     pub mail: MailConfig,
     /// Brute-force and abuse limits on logins, registrations and codes.
     pub rate_limit: RateLimitConfig,
+    /// Event log between gateways and the persister: `local` (in-process)
+    /// or `kafka` (needs PostgreSQL).
+    pub bus: BusKind,
+    /// Fan-out between instances: `local` (in-process), `redis` or `amqp`.
+    pub relay: RelayKind,
+    /// Where presence, typing, revocations and rate-limit counters live:
+    /// `memory` (this process) or `redis` (shared by every instance).
+    pub shared_state: SharedStateKind,
+    /// Redis (`relay = "redis"`, `shared_state = "redis"`).
+    pub redis: RedisConfig,
+    /// Kafka (`bus = "kafka"`).
+    pub kafka: KafkaConfig,
+    /// RabbitMQ (`relay = "amqp"`).
+    pub amqp: AmqpConfig,
+}
+
+/// `bus`: the event log between gateways and the persister.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// An in-process bounded queue; the persister runs in this process.
+    #[default]
+    Local,
+    /// A Kafka topic keyed by conversation; the persister is a consumer group.
+    Kafka,
+}
+
+/// `relay`: fan-out of chat and topic events between instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayKind {
+    /// In-process: a single node.
+    #[default]
+    Local,
+    /// Redis pub/sub.
+    Redis,
+    /// A RabbitMQ topic exchange.
+    Amqp,
+}
+
+/// `shared_state`: presence, typing, revocations, rate-limit counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedStateKind {
+    /// In this process's memory: a single node.
+    #[default]
+    Memory,
+    /// Redis keys shared by every instance.
+    Redis,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key and channel name, so several deployments can
+    /// share one Redis.
+    pub key_prefix: String,
+    /// Largest pool of Redis connections (pub/sub uses its own).
+    pub pool_size: u32,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Prefix of the topic names (`<prefix>messages`, `<prefix>events`).
+    pub topic_prefix: String,
+    /// Partitions of the topics created at start.
+    pub partitions: u32,
+    /// Replication factor of the topics created at start.
+    pub replication_factor: u32,
+    /// Consumer group of the persisters.
+    pub group_id: String,
+}
+
+/// `[amqp]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost` (`%2f` is the default vhost).
+    pub url: String,
+    /// Name of the topic exchange the instances share.
+    pub exchange: String,
 }
 
 /// Log output format (`log_format`).
@@ -271,6 +359,43 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             mail: MailConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            bus: BusKind::Local,
+            relay: RelayKind::Local,
+            shared_state: SharedStateKind::Memory,
+            redis: RedisConfig::default(),
+            kafka: KafkaConfig::default(),
+            amqp: AmqpConfig::default(),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "stompline:".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "stompline.".into(),
+            partitions: 12,
+            replication_factor: 1,
+            group_id: "stompline-persister".into(),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: "stompline".into(),
         }
     }
 }

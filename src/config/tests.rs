@@ -374,3 +374,53 @@ fn config_md_names_every_key_and_env_var() {
         assert!(doc.contains(&env), "docs/CONFIG.md lacks {env}");
     }
 }
+
+#[test]
+fn cluster_backends_need_postgres_and_valid_urls() {
+    let config = Config {
+        bus: BusKind::Kafka,
+        relay: RelayKind::Redis,
+        ..Config::default()
+    };
+    let errors = config.validate().unwrap_err();
+    assert!(errors.has_key("bus"), "{errors}");
+    assert!(errors.has_key("relay"), "{errors}");
+
+    let mut config = Config {
+        database_url: "postgres://postgres@127.0.0.1/x".into(),
+        bus: BusKind::Kafka,
+        relay: RelayKind::Amqp,
+        shared_state: SharedStateKind::Redis,
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    config.redis.url = "http://x".into();
+    config.amqp.url = "redis://x".into();
+    config.kafka.partitions = 0;
+    let errors = config.validate().unwrap_err();
+    for key in ["redis.url", "amqp.url", "kafka.partitions"] {
+        assert!(errors.has_key(key), "{key} missing from {errors}");
+    }
+}
+
+#[test]
+fn cluster_backends_from_env() {
+    let config = load(
+        None,
+        &Overrides::default(),
+        vec![
+            ("STOMPLINE_DATABASE_URL", "postgres://postgres@127.0.0.1/x"),
+            ("STOMPLINE_BUS", "kafka"),
+            ("STOMPLINE_RELAY", "amqp"),
+            ("STOMPLINE_SHARED_STATE", "redis"),
+            ("STOMPLINE_KAFKA__PARTITIONS", "3"),
+            ("STOMPLINE_REDIS__KEY_PREFIX", "t1:"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.bus, BusKind::Kafka);
+    assert_eq!(config.relay, RelayKind::Amqp);
+    assert_eq!(config.shared_state, SharedStateKind::Redis);
+    assert_eq!(config.kafka.partitions, 3);
+    assert_eq!(config.redis.key_prefix, "t1:");
+}

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::acl::pattern_problem;
-use super::{sqlite_path, Config, ConfigError};
+use super::{sqlite_path, BusKind, Config, ConfigError, Database, RelayKind, SharedStateKind};
 
 /// Shortest accepted explicit JWT secret: HS256 wants at least as many
 /// secret bytes as the hash has.
@@ -252,6 +252,59 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         "must be empty, http://… or https://…",
     );
     c.positive(config.mail.retry_attempts.into(), "mail.retry_attempts");
+
+    // Cluster backends.
+    if config.bus == BusKind::Kafka {
+        c.check(
+            matches!(config.database(), Database::Postgres(_)),
+            "bus",
+            "\"kafka\" needs PostgreSQL (database_url = \"postgres://…\"): every instance's persister writes the same database",
+        );
+        c.check(
+            !config.kafka.brokers.trim().is_empty(),
+            "kafka.brokers",
+            "must name at least one host:port",
+        );
+        c.positive(u64::from(config.kafka.partitions), "kafka.partitions");
+        c.positive(
+            u64::from(config.kafka.replication_factor),
+            "kafka.replication_factor",
+        );
+        c.check(
+            !config.kafka.group_id.trim().is_empty(),
+            "kafka.group_id",
+            "must not be empty",
+        );
+    }
+    if config.relay != RelayKind::Local && matches!(config.database(), Database::Sqlite(_)) {
+        c.check(
+            false,
+            "relay",
+            "a cluster relay needs a shared database: set database_url = \"postgres://…\"",
+        );
+    }
+    if config.relay == RelayKind::Redis || config.shared_state == SharedStateKind::Redis {
+        let url = config.redis.url.trim();
+        c.check(
+            url.starts_with("redis://") || url.starts_with("rediss://"),
+            "redis.url",
+            "must be redis://… or rediss://…",
+        );
+        c.positive(u64::from(config.redis.pool_size), "redis.pool_size");
+    }
+    if config.relay == RelayKind::Amqp {
+        let url = config.amqp.url.trim();
+        c.check(
+            url.starts_with("amqp://") || url.starts_with("amqps://"),
+            "amqp.url",
+            "must be amqp://… or amqps://…",
+        );
+        c.check(
+            !config.amqp.exchange.trim().is_empty(),
+            "amqp.exchange",
+            "must not be empty",
+        );
+    }
 
     c.0
 }
