@@ -18,12 +18,12 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::api::{self, ApiState};
-use crate::auth::limiter::MemoryLimiter;
+use crate::auth::limiter::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::auth::{Auth, AuthSettings, OtpSettings, RateLimits};
 use crate::broker::{Broker, Registry};
 use crate::bus::LocalBus;
 use crate::chat::{events, Chat, Gateway};
-use crate::config::Config;
+use crate::config::{Config, SharedStateKind};
 use crate::mail::{Courier, Retry, Senders};
 use crate::pipeline::{run_persister, Dispatcher};
 use crate::presence::Presence;
@@ -75,7 +75,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let senders = Senders::from_config(&config).context("setting up mail delivery")?;
     let courier = Courier::start(senders, Retry::from_config(&config.mail), shutdown.clone());
-    let limits = RateLimits::new(Arc::new(MemoryLimiter::new()), config.rate_limit.clone());
+    let limiter: Arc<dyn Limiter> = match config.shared_state {
+        SharedStateKind::Memory => Arc::new(MemoryLimiter::new()),
+        SharedStateKind::Redis => Arc::new(
+            RedisLimiter::new(&config.redis.url, &config.redis.key_prefix)
+                .context("setting up the Redis rate limiter")?,
+        ),
+    };
+    let limits = RateLimits::new(limiter, config.rate_limit.clone());
     let auth = Arc::new(
         Auth::new(
             AuthSettings {
