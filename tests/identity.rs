@@ -317,6 +317,17 @@ async fn phone_codes_go_through_the_webhook_and_make_a_phone_only_account() {
 }
 
 #[tokio::test]
+async fn phone_codes_can_go_through_an_email_to_sms_gateway() {
+    let (sink, _server, api) =
+        with_mail(|c| c.mail.sms_gateway = "{phone}@sms.example.net".into()).await;
+    request_code(&api, json!({"phone": "+44 20 7946 0958"})).await;
+    let mail = sink.next_mail().await;
+    assert_eq!(mail.to, ["442079460958@sms.example.net"]);
+    let (status, body) = verify(&api, json!({"phone": "+442079460958"}), &mail.code()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn without_smtp_codes_land_in_the_development_mailbox() {
     let server = TestServer::start().await;
     let api = Api::new(&server);

@@ -79,3 +79,31 @@ impl Mailer for SmtpMailer {
             .map_err(|e| MailError::Failed(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_of_every_documented_form_build_a_sender() {
+        for url in [
+            "smtp://127.0.0.1:2525",
+            "smtp://mail.example.org:587?tls=required",
+            "smtp://mail.example.org?tls=opportunistic",
+            "smtps://mail.example.org:465",
+            "smtps://user:p%40ss@mail.example.org",
+        ] {
+            assert!(SmtpMailer::new(url, "codes@example.org").is_ok(), "{url}");
+        }
+        for (url, from) in [
+            ("smtp://h?tls=sometimes", "codes@example.org"),
+            ("ftp://mail.example.org", "codes@example.org"),
+            ("smtp://127.0.0.1:2525", "not an address"),
+        ] {
+            assert!(
+                matches!(SmtpMailer::new(url, from), Err(MailError::Invalid(_))),
+                "{url} {from}"
+            );
+        }
+    }
+}
