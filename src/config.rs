@@ -67,6 +67,9 @@ pub struct Config {
     pub mail: MailConfig,
     /// Brute-force and abuse limits on logins, registrations and codes.
     pub rate_limit: RateLimitConfig,
+    /// Directory of the built web app, served at `/` (relative paths are
+    /// relative to the working directory).
+    pub web_dir: PathBuf,
     /// Event log between gateways and the persister: `local` (in-process)
     /// or `kafka` (needs PostgreSQL).
     pub bus: BusKind,
@@ -359,6 +362,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             mail: MailConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            web_dir: PathBuf::from("client-js/web/dist"),
             bus: BusKind::Local,
             relay: RelayKind::Local,
             shared_state: SharedStateKind::Memory,

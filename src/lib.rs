@@ -19,3 +19,4 @@ pub mod stomp;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
+pub mod web;

@@ -196,7 +196,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 permits: permits.clone(),
                 tracker: tracker.clone(),
             }),
-    );
+    )
+    .fallback_service(crate::web::service(&config.web_dir));
     let router = api::security::protect(router, &config.auth.allowed_origins);
 
     let http = TcpListener::bind(config.http_socket_addr())
@@ -217,6 +218,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http_addr,
         stomp_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string())
     );
+
+    tracing::info!("{}", crate::web::describe(&config.web_dir));
 
     let http_conns = TaskTracker::new();
     let http_task = tokio::spawn(accept_http(
