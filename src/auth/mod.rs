@@ -384,17 +384,23 @@ impl Auth {
     ) -> Result<User, AuthError> {
         let limited = |l: Limited| AuthError::RateLimited(l.retry_after);
         self.limits.check_ip(action, ip).await.map_err(limited)?;
+        // Failures count per account, whichever name (username or email)
+        // an attacker uses for it; unknown names count as given.
+        let user = self.find_login(login).await?;
+        let account = user
+            .as_ref()
+            .map_or_else(|| login.trim().to_lowercase(), |u| format!("user:{}", u.id));
         self.limits
-            .check_account(action, login)
+            .check_account(action, &account)
             .await
             .map_err(limited)?;
-        match self.check_password(login, password).await {
+        match self.verify_login(user, password).await {
             Ok(user) => {
-                self.limits.succeeded(action, login).await;
+                self.limits.succeeded(action, &account).await;
                 Ok(user)
             }
             Err(AuthError::InvalidCredentials) => {
-                let delay = self.limits.failed(action, login).await;
+                let delay = self.limits.failed(action, &account).await;
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
@@ -530,17 +536,32 @@ impl Auth {
         username_or_email: &str,
         password: &str,
     ) -> Result<User, AuthError> {
+        let user = self.find_login(username_or_email).await?;
+        self.verify_login(user, password).await
+    }
+
+    /// The account a login name (username, or email when it has `@`)
+    /// names; `None` also for names too long to be one.
+    async fn find_login(&self, username_or_email: &str) -> Result<Option<User>, AuthError> {
         let login = username_or_email.trim();
-        // Over-long input is refused before hashing; that says nothing about
-        // whether the account exists.
-        if login.is_empty() || login.len() > 254 || password.len() > validate::MAX_PASSWORD_BYTES {
-            return Err(count_failure(AuthError::InvalidCredentials));
+        if login.is_empty() || login.len() > 254 {
+            return Ok(None);
         }
-        let user = if login.contains('@') {
+        Ok(if login.contains('@') {
             self.store.user_by_email(login).await?
         } else {
             self.store.user_by_username(login).await?
-        };
+        })
+    }
+
+    /// Checks `password` against `user`'s hash, at the same cost when there
+    /// is no user or no hash.
+    async fn verify_login(&self, user: Option<User>, password: &str) -> Result<User, AuthError> {
+        // Over-long input is refused before hashing; that says nothing about
+        // whether the account exists.
+        if password.len() > validate::MAX_PASSWORD_BYTES {
+            return Err(count_failure(AuthError::InvalidCredentials));
+        }
         let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
         if self.passwords.verify(password, hash).await? {
             // `verify` is only true with a real hash, hence a real user.
