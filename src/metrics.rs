@@ -63,6 +63,15 @@ pub mod names {
     /// Counter: requests refused by a rate limit, label `kind` (`login`,
     /// `register`, `request_otp`, `verify_otp`, `stomp_connect`, …).
     pub const RATE_LIMITED: &str = "stompline_rate_limited_total";
+    /// Counter: relay connections re-established after a loss, label
+    /// `backend` (`redis` | `amqp`).
+    pub const RELAY_RECONNECTS: &str = "stompline_relay_reconnects_total";
+    /// Counter: conversation subscriptions re-read from the store after a
+    /// relay reconnect.
+    pub const RELAY_RESYNCS: &str = "stompline_relay_resyncs_total";
+    /// Counter: messages a relay resync found in the store (delivered unless
+    /// the subscriber already had them).
+    pub const RELAY_RESYNC_MESSAGES: &str = "stompline_relay_resync_messages_total";
 }
 
 /// Label keys used with [`names`].
@@ -77,6 +86,8 @@ pub mod labels {
     pub const KIND: &str = "kind";
     /// Mail delivery channel.
     pub const CHANNEL: &str = "channel";
+    /// Which relay backend.
+    pub const BACKEND: &str = "backend";
 }
 
 /// How often histogram/summary storage is compacted.
@@ -196,6 +207,21 @@ fn describe() {
         names::GAP_FILLS,
         Unit::Count,
         "Sequence gaps filled from the store."
+    );
+    describe_counter!(
+        names::RELAY_RECONNECTS,
+        Unit::Count,
+        "Relay connections re-established after a loss, by backend."
+    );
+    describe_counter!(
+        names::RELAY_RESYNCS,
+        Unit::Count,
+        "Conversation subscriptions re-read from the store after a relay reconnect."
+    );
+    describe_counter!(
+        names::RELAY_RESYNC_MESSAGES,
+        Unit::Count,
+        "Messages found in the store by relay resyncs."
     );
     describe_counter!(
         names::LIMITS_HIT,

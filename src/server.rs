@@ -27,7 +27,8 @@ use crate::config::{Config, SharedStateKind};
 use crate::mail::{Courier, Retry, Senders};
 use crate::pipeline::{run_persister, Dispatcher};
 use crate::presence::Presence;
-use crate::relay::{LocalRelay, Relay};
+use crate::relay;
+use crate::shared_state;
 use crate::stomp::Shared;
 use crate::store::{self, Store};
 use crate::transport::{tcp, ws};
@@ -110,10 +111,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     spawn_otp_sweeper(store.clone(), shutdown.clone());
     let metrics = crate::metrics::install();
 
-    // The message path, embedded: in-process bus and relay.
+    // The message path: in-process bus; the relay `config.relay` selects.
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
-    let (local_relay, relay_inbox) = LocalRelay::new();
-    let relay: Arc<dyn Relay> = local_relay;
+    let (relay, relay_inbox) = relay::connect(&config, shutdown.clone())
+        .await
+        .context("connecting the relay")?;
     let (bus, consumer) = LocalBus::new(64 * 1024);
     let broker = Arc::new(Broker::new(config.stomp.queue_hold_max));
     let gateway_tasks = Gateway::build(
@@ -133,6 +135,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay.clone(),
         shutdown.clone(),
     ));
+    let state = shared_state::open(&config, &instance_id)
+        .await
+        .context("opening the shared state")?;
+    state
+        .share_revocations(&auth, shutdown.clone())
+        .await
+        .context("reading revoked sessions")?;
     let chat = Chat::new(
         store.clone(),
         Arc::new(bus),
@@ -140,13 +149,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         gateway,
         dispatcher,
         config.chat.clone(),
-        &config.presence,
+        state.chat.clone(),
     );
-    let presence = Presence::new(
-        store.clone(),
-        relay.clone(),
-        Duration::from_millis(config.presence.offline_grace_ms),
-    );
+    let presence = Presence::with_state(store.clone(), relay.clone(), state.presence.clone());
+    tokio::spawn(presence.clone().run(
+        Duration::from_millis(config.presence.refresh_ms.max(1)),
+        shutdown.clone(),
+    ));
     spawn_chat_timers(chat.clone(), &config.chat, shutdown.clone());
 
     let shared = Arc::new(Shared {
@@ -187,6 +196,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         chat: shared.chat.clone(),
         presence: shared.presence.clone(),
         cookie_secure: config.auth.cookie_secure,
+        shared_state: state.redis.clone(),
     })
     .merge(
         Router::new()

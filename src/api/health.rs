@@ -18,26 +18,65 @@ pub(super) async fn healthz() -> impl IntoResponse {
 }
 
 /// 200 when every dependency answers; otherwise 503 naming the failed ones:
-/// `{"status":"unavailable","checks":{"database":"…"},"error":{…}}`.
+/// `{"status":"unavailable","checks":{"database":"…","relay":"ok"},"error":{…}}`.
+/// The relay is checked when it spans instances (`relay = "redis"|"amqp"`).
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
-    let database = match tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await {
+    let mut checks = vec![("database", probe(state.store.ping()).await)];
+    let relay = state.chat.gateway.relay().clone();
+    if relay.spans_instances() {
+        checks.push(("relay", probe(relay.ping()).await));
+    }
+    if let Some(check) = shared_state_check(&state).await {
+        checks.push(("shared_state", check));
+    }
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(name, _)| *name)
+        .collect();
+    let report: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => "ok".to_owned(),
+                Err(detail) => detail.clone(),
+            };
+            ((*name).to_owned(), json!(v))
+        })
+        .collect();
+    if failed.is_empty() {
+        return axum::Json(json!({ "status": "ready", "checks": report })).into_response();
+    }
+    for (name, r) in &checks {
+        if let Err(detail) = r {
+            tracing::warn!(dependency = name, error = %detail, "not ready");
+        }
+    }
+    let body = json!({
+        "status": "unavailable",
+        "checks": report,
+        "error": {
+            "code": "dependency_unavailable",
+            "message": format!("not answering: {}", failed.join(", ")),
+        },
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// Redis holding the shared state, when configured.
+async fn shared_state_check(state: &ApiState) -> Option<Result<(), String>> {
+    let redis = state.shared_state.as_ref()?;
+    Some(probe(redis.ping()).await)
+}
+
+/// A dependency's answer within [`PROBE_TIMEOUT`].
+async fn probe<E: std::fmt::Display>(
+    check: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, check).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
-    };
-    match database {
-        Ok(()) => {
-            axum::Json(json!({ "status": "ready", "checks": { "database": "ok" } })).into_response()
-        }
-        Err(detail) => {
-            tracing::warn!(dependency = "database", error = %detail, "not ready");
-            let body = json!({
-                "status": "unavailable",
-                "checks": { "database": detail },
-                "error": { "code": "dependency_unavailable", "message": "database is not answering" },
-            });
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-        }
     }
 }
 

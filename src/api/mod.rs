@@ -49,6 +49,9 @@ pub struct ApiState {
     pub presence: Arc<crate::presence::Presence>,
     /// Mark browser session cookies `Secure` even without TLS in front.
     pub cookie_secure: bool,
+    /// Redis holding the shared state (`shared_state = "redis"`), checked
+    /// by `/readyz`.
+    pub shared_state: Option<crate::shared_state::RedisShared>,
 }
 
 /// Builds the REST router: `/api/…`, `/healthz`, `/readyz`, `/metrics`.

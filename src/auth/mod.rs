@@ -22,12 +22,15 @@ mod cookie;
 pub mod limiter;
 mod otp;
 mod password;
+mod revocation;
 mod token;
 pub mod validate;
 
+pub use revocation::RevocationLog;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -221,6 +224,8 @@ pub struct Auth {
     limits: RateLimits,
     /// Delivers one-time codes; `None` drops them (with a warning).
     courier: Option<Arc<Courier>>,
+    /// Where revocations made here go for the other instances.
+    revocation_log: OnceLock<Arc<dyn RevocationLog>>,
 }
 
 impl Auth {
@@ -244,6 +249,7 @@ impl Auth {
             otp: settings.otp,
             limits: RateLimits::default(),
             courier: None,
+            revocation_log: OnceLock::new(),
         })
     }
 
@@ -501,6 +507,7 @@ impl Auth {
     pub async fn logout(&self, session_id: &str) -> Result<(), AuthError> {
         self.store.revoke_session(session_id, store::now()).await?;
         self.remember_revoked(session_id);
+        self.publish_revoked(session_id).await;
         Ok(())
     }
 
@@ -621,6 +628,7 @@ impl Auth {
             return e.into();
         }
         self.remember_revoked(session_id);
+        self.publish_revoked(session_id).await;
         AuthError::RefreshTokenReused
     }
 

@@ -205,6 +205,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         config.presence.typing_expiry_ms,
         "presence.typing_expiry_ms",
     );
+    c.positive(config.presence.refresh_ms, "presence.refresh_ms");
 
     // Auth: one-time codes and browser origins.
     c.positive(auth.otp_ttl_secs, "auth.otp_ttl_secs");

@@ -5,6 +5,7 @@
 
 pub mod pg;
 pub mod process;
+pub mod services;
 pub mod smtp;
 
 use std::net::SocketAddr;
