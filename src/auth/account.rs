@@ -62,6 +62,7 @@ impl Auth {
             .await?;
         for session_id in revoked {
             self.remember_revoked(&session_id);
+            self.publish_revoked(&session_id).await;
         }
         Ok(user)
     }
