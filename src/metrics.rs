@@ -51,6 +51,18 @@ pub mod names {
     pub const RELAY_PUBLISH_FAILURES: &str = "stompline_relay_publish_failures_total";
     /// Counter: sequence gaps filled from the store by a gateway.
     pub const GAP_FILLS: &str = "stompline_gap_fills_total";
+    /// Counter: mail and SMS delivered, label `channel` (`smtp`,
+    /// `sms_webhook`, `mailbox`).
+    pub const MAIL_SENT: &str = "stompline_mail_sent_total";
+    /// Counter: deliveries given up after every attempt failed, label
+    /// `channel`.
+    pub const MAIL_FAILED: &str = "stompline_mail_failed_total";
+    /// Counter: delivery attempts that failed and were retried, label
+    /// `channel`.
+    pub const MAIL_RETRIED: &str = "stompline_mail_retried_total";
+    /// Counter: requests refused by a rate limit, label `kind` (`login`,
+    /// `register`, `request_otp`, `verify_otp`, `stomp_connect`, …).
+    pub const RATE_LIMITED: &str = "stompline_rate_limited_total";
     /// Counter: relay connections re-established after a loss, label
     /// `backend` (`redis` | `amqp`).
     pub const RELAY_RECONNECTS: &str = "stompline_relay_reconnects_total";
@@ -72,6 +84,8 @@ pub mod labels {
     pub const REASON: &str = "reason";
     /// Which protocol error or limit.
     pub const KIND: &str = "kind";
+    /// Mail delivery channel.
+    pub const CHANNEL: &str = "channel";
     /// Which relay backend.
     pub const BACKEND: &str = "backend";
 }
@@ -213,6 +227,26 @@ fn describe() {
         names::LIMITS_HIT,
         Unit::Count,
         "Configured limits reached, by kind."
+    );
+    describe_counter!(
+        names::MAIL_SENT,
+        Unit::Count,
+        "Mail and SMS delivered, by channel."
+    );
+    describe_counter!(
+        names::MAIL_FAILED,
+        Unit::Count,
+        "Deliveries given up after every attempt failed, by channel."
+    );
+    describe_counter!(
+        names::MAIL_RETRIED,
+        Unit::Count,
+        "Delivery attempts that failed and were retried, by channel."
+    );
+    describe_counter!(
+        names::RATE_LIMITED,
+        Unit::Count,
+        "Requests refused by a rate limit, by kind."
     );
 }
 
