@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type { Browser } from 'playwright-core';
 
-import type { Server } from '../../packages/client/test/harness.ts';
+import { mailboxCode, unique, type Server } from '../../packages/client/test/harness.ts';
 import { bodies, launch, messageUser, openPage, PHONE, registerInBrowser, sendText, shot, startServer } from './browser.ts';
 
 let server: Server;
@@ -202,4 +202,36 @@ test('history loads on scroll; phone layout; search; offline banner and recovery
 
   await dee.context.close();
   await eve.context.close();
+});
+
+// The server has no SMTP configured: the code lands in the development
+// mailbox, where the test reads it, as a developer would.
+test('signing in by email code, with the code from the mailbox', async () => {
+  const email = `${unique('otp')}@example.test`;
+  const { context, page } = await openPage(browser, server);
+  await page.getByRole('tab', { name: 'Email code' }).click();
+  const ask = page.getByRole('form', { name: 'Email code' });
+  await ask.getByLabel('Email').fill(email);
+  await ask.getByRole('button', { name: 'Send me a code' }).click();
+  const enter = page.getByRole('form', { name: 'Enter code' });
+  await enter.waitFor();
+  await shot(page, 'sign-in-code');
+  const code = await mailboxCode(server, email);
+
+  // A wrong code is refused with a clear message and the form stays.
+  const wrong = `${code.slice(0, 5)}${(Number(code.slice(5)) + 1) % 10}`;
+  await enter.getByLabel('Code').fill(wrong);
+  await enter.getByRole('button', { name: 'Sign in' }).click();
+  await enter.getByRole('alert').waitFor();
+  expect(await page.getByRole('tab', { name: 'Chats' }).count()).toBe(0);
+
+  // The right one signs in (the account is made on the first verified login).
+  await enter.getByLabel('Code').fill(code);
+  await enter.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('tab', { name: 'Chats' }).waitFor();
+
+  // The session outlives a reload.
+  await page.reload();
+  await page.getByRole('tab', { name: 'Chats' }).waitFor();
+  await context.close();
 });

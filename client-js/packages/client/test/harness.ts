@@ -5,7 +5,7 @@
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -239,6 +239,19 @@ export async function eventually<T>(probe: () => T | Promise<T>, what: string, m
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/**
+ * The login code last mailed to `email`, read from the server's development
+ * mailbox (`<data-dir>/mailbox/`, used when no SMTP server is configured).
+ */
+export function mailboxCode(server: Server, email: string): Promise<string> {
+  const dir = path.join(server.dataDir, 'mailbox');
+  return eventually<string>(() => {
+    const files = existsSync(dir) ? readdirSync(dir).filter((f) => f.includes(email)).sort() : [];
+    const codes = files.map((f) => readFileSync(path.join(dir, f), 'utf8').match(/login code is (\d{6})/)?.[1]);
+    return codes.reverse().find((c) => c !== undefined) ?? '';
+  }, `a login code for ${email} in ${dir}`);
 }
 
 /** Collects the `message` events of a client, per conversation. */
