@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::auth::{Auth, AuthSettings};
 use crate::broker::{Broker, Registry};
-use crate::bus::LocalBus;
+use crate::bus;
 use crate::chat::{events, Chat, Gateway};
 use crate::config::Config;
 use crate::pipeline::{run_persister, Dispatcher};
@@ -87,11 +87,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
 
-    // The message path, embedded: in-process bus and relay.
+    // The message path: the configured bus (in-process, or Kafka with the
+    // domain-events topic) and the in-process relay.
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
     let (local_relay, relay_inbox) = LocalRelay::new();
     let relay: Arc<dyn Relay> = local_relay;
-    let (bus, consumer) = LocalBus::new(64 * 1024);
+    let bus::Connected {
+        bus,
+        consumer,
+        events,
+    } = bus::connect(&config)
+        .await
+        .with_context(|| format!("opening the {:?} message bus", config.bus))?;
+    // Read receipts and presence reach the events topic where they are
+    // published; outbox changes through the pipeline.
+    let relay: Arc<dyn Relay> = match &events {
+        Some(sink) => bus::events::EventTee::new(relay, sink.clone()),
+        None => relay,
+    };
     let broker = Arc::new(Broker::new(config.stomp.queue_hold_max));
     let gateway_tasks = Gateway::build(
         instance_id.clone(),
@@ -102,17 +115,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let gateway = gateway_tasks.gateway().clone();
     gateway_tasks.spawn(relay_inbox, shutdown.clone());
     gateway.watch(events::instance_channel(&instance_id)).await;
-    let dispatcher = Dispatcher::new(store.clone(), relay.clone());
+    let dispatcher = Dispatcher::new(store.clone(), relay.clone(), events.clone());
     tokio::spawn(dispatcher.clone().run(shutdown.clone()));
     let persister = tokio::spawn(run_persister(
         consumer,
         store.clone(),
         relay.clone(),
+        events,
         shutdown.clone(),
     ));
     let chat = Chat::new(
         store.clone(),
-        Arc::new(bus),
+        bus,
         relay.clone(),
         gateway,
         dispatcher,

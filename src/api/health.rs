@@ -18,26 +18,60 @@ pub(super) async fn healthz() -> impl IntoResponse {
 }
 
 /// 200 when every dependency answers; otherwise 503 naming the failed ones:
-/// `{"status":"unavailable","checks":{"database":"…"},"error":{…}}`.
+/// `{"status":"unavailable","checks":{"database":"ok","kafka":"…"},"error":{…}}`.
+/// The database is always checked; Kafka when it is the configured bus.
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
-    let database = match tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
-    };
-    match database {
-        Ok(()) => {
-            axum::Json(json!({ "status": "ready", "checks": { "database": "ok" } })).into_response()
+    let (database, bus) = tokio::join!(
+        probe(async { Some(state.store.ping().await.map_err(|e| e.to_string())) }),
+        probe(async {
+            state
+                .chat
+                .bus()
+                .ready()
+                .await
+                .map(|r| r.map_err(|e| e.to_string()))
+        }),
+    );
+    let mut checks = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for (name, outcome) in [("database", database), ("kafka", bus)] {
+        match outcome {
+            None => {}
+            Some(Ok(())) => {
+                checks.insert(name.into(), "ok".into());
+            }
+            Some(Err(detail)) => {
+                tracing::warn!(dependency = name, error = %detail, "not ready");
+                checks.insert(name.into(), detail.into());
+                failed.push(name);
+            }
         }
-        Err(detail) => {
-            tracing::warn!(dependency = "database", error = %detail, "not ready");
-            let body = json!({
-                "status": "unavailable",
-                "checks": { "database": detail },
-                "error": { "code": "dependency_unavailable", "message": "database is not answering" },
-            });
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-        }
+    }
+    if failed.is_empty() {
+        return axum::Json(json!({ "status": "ready", "checks": checks })).into_response();
+    }
+    let body = json!({
+        "status": "unavailable",
+        "checks": checks,
+        "error": {
+            "code": "dependency_unavailable",
+            "message": format!("{} is not answering", failed.join(" and ")),
+        },
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// Runs one check within [`PROBE_TIMEOUT`]; `None` when the dependency is
+/// not configured.
+async fn probe(
+    check: impl std::future::Future<Output = Option<Result<(), String>>>,
+) -> Option<Result<(), String>> {
+    match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+        Ok(outcome) => outcome,
+        Err(_) => Some(Err(format!(
+            "no answer within {}s",
+            PROBE_TIMEOUT.as_secs()
+        ))),
     }
 }
 

@@ -1,0 +1,372 @@
+//! The bus on Kafka (`bus = "kafka"`).
+//!
+//! - Sends go to `<prefix>messages`, keyed by conversation id, from an
+//!   idempotent producer with `acks=all`: [`KafkaBus::append`] returns only
+//!   once the broker acknowledged the record, or fails after
+//!   [`DELIVERY_TIMEOUT`]. It never reports success for a record the broker
+//!   did not take.
+//! - Every instance's persister is a member of the consumer group
+//!   `kafka.group_id`. [`KafkaConsumer`] hands out batches and commits their
+//!   offsets only in [`BusConsumer::commit`], which the persister calls after
+//!   its database commit. A rebalance therefore never commits anything not
+//!   stored; the new owner of a partition may read a batch again, which the
+//!   store's idempotent insert (by message id and `(sender, clientMsgId)`)
+//!   makes invisible.
+//! - Domain events go to `<prefix>events` ([`KafkaEvents`]).
+//!
+//! Topics are created at start with the configured partitions and
+//! replication factor when missing ([`ensure_topics`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::events::{DomainEvent, EventSink};
+use super::{Bus, BusConsumer, BusError, SendCommand};
+use crate::config::KafkaConfig;
+use crate::metrics::names;
+
+/// Longest an append waits for the broker's acknowledgement (including
+/// time in the producer's queue while the broker is unreachable). A chat
+/// SEND whose append fails is answered with an error, never a RECEIPT.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a metadata or admin request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often librdkafka reports statistics (consumer lag).
+const STATS_INTERVAL_MS: &str = "5000";
+
+/// Name of the messages topic.
+pub fn messages_topic(config: &KafkaConfig) -> String {
+    format!("{}messages", config.topic_prefix)
+}
+
+/// Name of the domain-events topic.
+pub fn events_topic(config: &KafkaConfig) -> String {
+    format!("{}events", config.topic_prefix)
+}
+
+fn backend(e: impl std::fmt::Display) -> BusError {
+    BusError::Backend(e.to_string())
+}
+
+fn base_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", "stompline")
+        // Quiet about a broker that went away: the operations that need it
+        // report the failure themselves.
+        .set("log.connection.close", "false");
+    c
+}
+
+/// Creates the messages and events topics when they do not exist.
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(config)
+        .create()
+        .map_err(|e| backend(format!("creating the Kafka admin client: {e}")))?;
+    let names = [messages_topic(config), events_topic(config)];
+    let partitions = i32::try_from(config.partitions).unwrap_or(i32::MAX);
+    let replication = i32::try_from(config.replication_factor).unwrap_or(i32::MAX);
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(Timeout::After(REQUEST_TIMEOUT)));
+    let results = tokio::time::timeout(
+        REQUEST_TIMEOUT + Duration::from_secs(2),
+        admin.create_topics(&topics, &opts),
+    )
+    .await
+    .map_err(|_| {
+        backend(format!(
+            "Kafka at {} did not answer within {}s",
+            config.brokers,
+            REQUEST_TIMEOUT.as_secs()
+        ))
+    })?
+    .map_err(|e| backend(format!("creating topics on {}: {e}", config.brokers)))?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, partitions, "created Kafka topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(backend(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn producer(config: &KafkaConfig) -> Result<FutureProducer, BusError> {
+    base_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        )
+        // A short linger lets concurrent sends share a produce request.
+        .set("linger.ms", "2")
+        .create()
+        .map_err(|e| backend(format!("creating the Kafka producer: {e}")))
+}
+
+/// The producing side: `<prefix>messages`, keyed by conversation.
+pub struct KafkaBus {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaBus {
+    /// A producer for `config` (connects lazily).
+    pub fn new(config: &KafkaConfig) -> Result<KafkaBus, BusError> {
+        Ok(KafkaBus {
+            producer: producer(config)?,
+            topic: messages_topic(config),
+        })
+    }
+
+    /// The producer, shared with [`KafkaEvents`].
+    pub fn producer(&self) -> FutureProducer {
+        self.producer.clone()
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn append(&self, cmd: SendCommand) -> Result<(), BusError> {
+        let payload = cmd.encode();
+        let record = FutureRecord::to(&self.topic)
+            .key(cmd.message.conversation_id.as_str())
+            .payload(&payload);
+        // The queue timeout bounds the wait for room in a full producer
+        // queue; `message.timeout.ms` bounds the wait for the broker.
+        match self.producer.send(record, DELIVERY_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => {
+                metrics::counter!(names::KAFKA_PRODUCE_FAILURES).increment(1);
+                Err(backend(format!("Kafka did not take the message: {e}")))
+            }
+        }
+    }
+
+    async fn ready(&self) -> Option<Result<(), BusError>> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(2)))
+                .map_err(backend)
+                .and_then(|m| {
+                    let t = m
+                        .topics()
+                        .first()
+                        .ok_or_else(|| backend("no topic metadata"))?;
+                    match t.error() {
+                        None => Ok(()),
+                        Some(e) => Err(backend(format!("topic {topic}: {e:?}"))),
+                    }
+                })
+        });
+        Some(probe.await.unwrap_or_else(|e| Err(backend(e))))
+    }
+}
+
+/// The domain-events topic.
+pub struct KafkaEvents {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaEvents {
+    /// Events on `<prefix>events` through `producer`.
+    pub fn new(config: &KafkaConfig, producer: FutureProducer) -> KafkaEvents {
+        KafkaEvents {
+            producer,
+            topic: events_topic(config),
+        }
+    }
+}
+
+#[async_trait]
+impl EventSink for KafkaEvents {
+    async fn emit(&self, events: Vec<DomainEvent>) -> Result<(), BusError> {
+        let payloads: Vec<(String, Vec<u8>)> = events
+            .iter()
+            .map(|e| (e.key().to_owned(), e.to_json()))
+            .collect();
+        // Enqueued in order (the producer keeps per-partition order), then
+        // every acknowledgement awaited.
+        let mut deliveries = Vec::with_capacity(payloads.len());
+        for (key, payload) in &payloads {
+            let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+            deliveries.push(self.producer.send(record, DELIVERY_TIMEOUT));
+        }
+        for r in futures_util::future::join_all(deliveries).await {
+            if let Err((e, _)) = r {
+                metrics::counter!(names::KAFKA_PRODUCE_FAILURES).increment(1);
+                return Err(backend(format!("Kafka did not take a domain event: {e}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Consumer callbacks: rebalance notices and lag statistics.
+pub struct GroupContext {
+    /// Set when partitions were revoked: the batch being gathered ends.
+    revoked: AtomicBool,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut total = 0;
+        for topic in statistics.topics.values() {
+            for (partition, p) in &topic.partitions {
+                // -1 is "unknown" (not assigned, or nothing committed yet).
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                total += p.consumer_lag;
+                metrics::gauge!(names::KAFKA_CONSUMER_LAG, "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+            }
+        }
+        metrics::gauge!(names::KAFKA_CONSUMER_LAG_TOTAL).set(total as f64);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                // Nothing is committed here: offsets are committed only by
+                // the persister after its database commit, so what this
+                // instance had not stored is read again by the next owner.
+                self.revoked.store(true, Ordering::SeqCst);
+                metrics::counter!(names::KAFKA_REBALANCES, "kind" => "revoke").increment(1);
+                tracing::info!(partitions = tpl.count(), "Kafka partitions revoked");
+            }
+            Rebalance::Assign(tpl) => {
+                metrics::counter!(names::KAFKA_REBALANCES, "kind" => "assign").increment(1);
+                tracing::info!(partitions = tpl.count(), "Kafka partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka rebalance failed"),
+        }
+    }
+}
+
+/// The consuming side: this instance's member of the persisters' group.
+pub struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    topic: String,
+    /// Next offset to commit per partition, for what was handed out since
+    /// the last commit.
+    pending: BTreeMap<i32, i64>,
+}
+
+impl KafkaConsumer {
+    /// Joins the group `config.group_id` and subscribes to the messages
+    /// topic.
+    pub fn new(config: &KafkaConfig) -> Result<KafkaConsumer, BusError> {
+        let ctx = GroupContext {
+            revoked: AtomicBool::new(false),
+        };
+        let consumer: StreamConsumer<GroupContext> = base_config(config)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", STATS_INTERVAL_MS)
+            .create_with_context(ctx)
+            .map_err(|e| backend(format!("creating the Kafka consumer: {e}")))?;
+        let topic = messages_topic(config);
+        consumer
+            .subscribe(&[&topic])
+            .map_err(|e| backend(format!("subscribing to {topic}: {e}")))?;
+        Ok(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            topic,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    /// Records one consumed message; returns its command unless it is not
+    /// one this build reads (then it is skipped, its offset still
+    /// committed: a record nobody can read must not stop the partition).
+    fn take(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<SendCommand> {
+        self.pending.insert(m.partition(), m.offset() + 1);
+        match SendCommand::decode(m.payload().unwrap_or_default()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                metrics::counter!(names::KAFKA_MALFORMED).increment(1);
+                tracing::error!(partition = m.partition(), offset = m.offset(), error = %e, "skipping a bus record");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BusConsumer for KafkaConsumer {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<SendCommand>, BusError> {
+        let max = max.max(1);
+        let mut batch = Vec::new();
+        let consumer = self.consumer.clone();
+        consumer.context().revoked.store(false, Ordering::SeqCst);
+        // Wait for the first record, then take what is already there.
+        while batch.is_empty() {
+            let m = consumer.recv().await.map_err(backend)?;
+            batch.extend(self.take(&m));
+        }
+        while batch.len() < max && !consumer.context().revoked.load(Ordering::SeqCst) {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.extend(self.take(&m)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self) -> Result<(), BusError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in std::mem::take(&mut self.pending) {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))
+                .map_err(backend)?;
+        }
+        let consumer = self.consumer.clone();
+        // A failure (e.g. the partition moved to another instance meanwhile)
+        // leaves those records to be read again: duplicates the store drops,
+        // never loss.
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(backend)?
+            .map_err(|e| backend(format!("committing Kafka offsets: {e}")))
+    }
+}
