@@ -66,6 +66,10 @@ pub mod names {
     /// Counter: records Kafka did not acknowledge (sends answered with an
     /// error, domain events left in the outbox).
     pub const KAFKA_PRODUCE_FAILURES: &str = "stompline_kafka_produce_failures_total";
+    /// Counter: Kafka clients replaced because they could not recover by
+    /// themselves (a broker that lost its state), label `client`
+    /// (`producer` | `consumer`).
+    pub const KAFKA_CLIENT_REBUILDS: &str = "stompline_kafka_client_rebuilds_total";
     /// Counter: records of the messages topic that were not a readable send
     /// command (skipped).
     pub const KAFKA_MALFORMED: &str = "stompline_kafka_malformed_records_total";
@@ -225,6 +229,11 @@ fn describe() {
         names::KAFKA_PRODUCE_FAILURES,
         Unit::Count,
         "Records Kafka did not acknowledge."
+    );
+    describe_counter!(
+        names::KAFKA_CLIENT_REBUILDS,
+        Unit::Count,
+        "Kafka clients replaced after they could not recover, by client."
     );
     describe_counter!(
         names::KAFKA_MALFORMED,

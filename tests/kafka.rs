@@ -401,42 +401,29 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
     let Some(k) = support::kafka::config(3) else {
         return;
     };
-    let Some(db) = support::pg::PgDatabase::create().await else {
+    let Some(mut t) = support::kafka::KafkaChat::start(k.clone()).await else {
         return;
     };
-    let (url, kafka) = (db.url.clone(), k.clone());
-    let srv = support::TestServer::start_with(move |c| {
-        c.bus = stompline::config::BusKind::Kafka;
-        c.kafka = kafka;
-        c.database_url = url;
-    })
-    .await;
-    let (mut alice, alice_id) = srv.user("alice").await;
-    let (mut bob, bob_id) = srv.user("bobby").await;
-    let chat = &srv.running.shared.chat;
-    let cid = chat
-        .create_direct(&alice_id, &bob_id)
-        .await
-        .expect("direct")
-        .0
-        .id;
-    bob.subscribe("s", &format!("/topic/chat/{cid}"), "auto")
+    let (cid, alice_id, bob_id) = (t.cid.clone(), t.alice_id.clone(), t.bob_id.clone());
+    let chat = t.srv.running.shared.chat.clone();
+    t.bob
+        .subscribe("s", &format!("/topic/chat/{cid}"), "auto")
         .await;
 
     let mut ids = Vec::new();
     for i in 1..=10 {
-        let r = chat_send(&mut alice, &cid, &format!("hello {i}"), &format!("k{i}")).await;
+        let r = chat_send(&mut t.alice, &cid, &format!("hello {i}"), &format!("k{i}")).await;
         assert_eq!(r.header("seq"), Some(i.to_string().as_str()), "{r:?}");
         ids.push(r.header("chat-message-id").expect("message id").to_owned());
     }
     // A retry of a send already stored answers with the original.
-    let again = chat_send(&mut alice, &cid, "hello 3", "k3").await;
+    let again = chat_send(&mut t.alice, &cid, "hello 3", "k3").await;
     assert_eq!(again.header("seq"), Some("3"));
     assert_eq!(again.header("chat-message-id"), Some(ids[2].as_str()));
 
     let mut delivered = Vec::new();
     while delivered.len() < 10 {
-        let m = bob.frame().await;
+        let m = t.bob.frame().await;
         if m.command == stomp_codec::Command::Message {
             delivered.push(
                 m.header("seq")
@@ -460,7 +447,7 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
             .collect::<Vec<_>>()
     );
 
-    let ready: serde_json::Value = reqwest::get(format!("http://{}/readyz", srv.http))
+    let ready: serde_json::Value = reqwest::get(format!("http://{}/readyz", t.srv.http))
         .await
         .expect("readyz")
         .json()
@@ -500,6 +487,5 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
             .map(Vec::len),
         Some(2)
     );
-    drop(srv);
-    db.drop_database().await;
+    t.finish().await;
 }

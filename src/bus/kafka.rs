@@ -16,6 +16,13 @@
 //!
 //! Topics are created at start with the configured partitions and
 //! replication factor when missing ([`ensure_topics`]).
+//!
+//! A broker that lost its state (a restarted in-memory broker, a cluster
+//! rebuilt from scratch) leaves clients that cannot recover by themselves:
+//! the topics are gone and the idempotent producer's id is unknown or
+//! taken. When sends keep failing, or the consumer keeps failing for
+//! [`CONSUMER_REBUILD_AFTER`], the topics are ensured again and the client
+//! is replaced (at most once per [`REBUILD_EVERY`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +37,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
@@ -49,6 +56,12 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest a metadata or admin request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Least time between two replacements of a client.
+const REBUILD_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the consumer may fail without a record before it is replaced.
+pub const CONSUMER_REBUILD_AFTER: Duration = Duration::from_secs(10);
 
 /// How often librdkafka reports statistics (consumer lag).
 const STATS_INTERVAL_MS: &str = "5000";
@@ -129,9 +142,94 @@ fn producer(config: &KafkaConfig) -> Result<FutureProducer, BusError> {
         .map_err(|e| backend(format!("creating the Kafka producer: {e}")))
 }
 
+/// The producer shared by the messages and events topics, replaced when it
+/// can no longer deliver.
+pub struct Producing {
+    config: KafkaConfig,
+    producer: parking_lot::RwLock<FutureProducer>,
+    last_rebuild: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Producing {
+    /// A producer for `config` (connects lazily).
+    pub fn new(config: &KafkaConfig) -> Result<Arc<Producing>, BusError> {
+        Ok(Arc::new(Producing {
+            config: config.clone(),
+            producer: parking_lot::RwLock::new(producer(config)?),
+            last_rebuild: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.producer.read().clone()
+    }
+
+    /// Sends one record and waits for the broker's acknowledgement.
+    async fn send(
+        self: &Arc<Self>,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(), BusError> {
+        let producer = self.current();
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        // The queue timeout bounds the wait for room in a full producer
+        // queue; `message.timeout.ms` bounds the wait for the broker.
+        match producer.send(record, DELIVERY_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => {
+                metrics::counter!(names::KAFKA_PRODUCE_FAILURES).increment(1);
+                let message = format!("Kafka did not take the record: {e}");
+                // In the background: the sender hears of the failure now.
+                tokio::spawn(self.clone().recover(producer, e));
+                Err(backend(message))
+            }
+        }
+    }
+
+    /// After a failed send: replaces the producer when it cannot recover
+    /// by itself and the broker answers again.
+    async fn recover(self: Arc<Self>, failed: FutureProducer, e: KafkaError) {
+        let stuck = failed.client().fatal_error().is_some()
+            || matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::MessageTimedOut
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::UnknownTopicOrPartition
+                        | RDKafkaErrorCode::UnknownProducerId
+                        | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::Fatal
+                )
+            );
+        if !stuck {
+            return;
+        }
+        let mut last = self.last_rebuild.lock().await;
+        if last.is_some_and(|t| t.elapsed() < REBUILD_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        // Still down: the current producer reconnects by itself.
+        if ensure_topics(&self.config).await.is_err() {
+            return;
+        }
+        match producer(&self.config) {
+            Ok(fresh) => {
+                *self.producer.write() = fresh;
+                metrics::counter!(names::KAFKA_CLIENT_REBUILDS, "client" => "producer")
+                    .increment(1);
+                tracing::warn!(error = %e, "replaced the Kafka producer");
+            }
+            Err(e) => tracing::warn!(error = %e, "replacing the Kafka producer failed"),
+        }
+    }
+}
+
 /// The producing side: `<prefix>messages`, keyed by conversation.
 pub struct KafkaBus {
-    producer: FutureProducer,
+    producing: Arc<Producing>,
     topic: String,
 }
 
@@ -139,37 +237,27 @@ impl KafkaBus {
     /// A producer for `config` (connects lazily).
     pub fn new(config: &KafkaConfig) -> Result<KafkaBus, BusError> {
         Ok(KafkaBus {
-            producer: producer(config)?,
+            producing: Producing::new(config)?,
             topic: messages_topic(config),
         })
     }
 
     /// The producer, shared with [`KafkaEvents`].
-    pub fn producer(&self) -> FutureProducer {
-        self.producer.clone()
+    pub fn producing(&self) -> Arc<Producing> {
+        self.producing.clone()
     }
 }
 
 #[async_trait]
 impl Bus for KafkaBus {
     async fn append(&self, cmd: SendCommand) -> Result<(), BusError> {
-        let payload = cmd.encode();
-        let record = FutureRecord::to(&self.topic)
-            .key(cmd.message.conversation_id.as_str())
-            .payload(&payload);
-        // The queue timeout bounds the wait for room in a full producer
-        // queue; `message.timeout.ms` bounds the wait for the broker.
-        match self.producer.send(record, DELIVERY_TIMEOUT).await {
-            Ok(_) => Ok(()),
-            Err((e, _)) => {
-                metrics::counter!(names::KAFKA_PRODUCE_FAILURES).increment(1);
-                Err(backend(format!("Kafka did not take the message: {e}")))
-            }
-        }
+        self.producing
+            .send(&self.topic, &cmd.message.conversation_id, &cmd.encode())
+            .await
     }
 
     async fn ready(&self) -> Option<Result<(), BusError>> {
-        let producer = self.producer.clone();
+        let producer = self.producing.current();
         let topic = self.topic.clone();
         let probe = tokio::task::spawn_blocking(move || {
             producer
@@ -193,15 +281,15 @@ impl Bus for KafkaBus {
 
 /// The domain-events topic.
 pub struct KafkaEvents {
-    producer: FutureProducer,
+    producing: Arc<Producing>,
     topic: String,
 }
 
 impl KafkaEvents {
-    /// Events on `<prefix>events` through `producer`.
-    pub fn new(config: &KafkaConfig, producer: FutureProducer) -> KafkaEvents {
+    /// Events on `<prefix>events` through the shared producer.
+    pub fn new(config: &KafkaConfig, producing: Arc<Producing>) -> KafkaEvents {
         KafkaEvents {
-            producer,
+            producing,
             topic: events_topic(config),
         }
     }
@@ -214,20 +302,15 @@ impl EventSink for KafkaEvents {
             .iter()
             .map(|e| (e.key().to_owned(), e.to_json()))
             .collect();
-        // Enqueued in order (the producer keeps per-partition order), then
-        // every acknowledgement awaited.
-        let mut deliveries = Vec::with_capacity(payloads.len());
-        for (key, payload) in &payloads {
-            let record = FutureRecord::to(&self.topic).key(key).payload(payload);
-            deliveries.push(self.producer.send(record, DELIVERY_TIMEOUT));
-        }
-        for r in futures_util::future::join_all(deliveries).await {
-            if let Err((e, _)) = r {
-                metrics::counter!(names::KAFKA_PRODUCE_FAILURES).increment(1);
-                return Err(backend(format!("Kafka did not take a domain event: {e}")));
-            }
-        }
-        Ok(())
+        // All enqueued at once (the producer keeps per-partition order),
+        // then every acknowledgement awaited.
+        let sends = payloads
+            .iter()
+            .map(|(key, payload)| self.producing.send(&self.topic, key, payload));
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect()
     }
 }
 
@@ -275,9 +358,32 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// A member of the persisters' group, subscribed to the messages topic.
+fn group_member(config: &KafkaConfig) -> Result<StreamConsumer<GroupContext>, BusError> {
+    let ctx = GroupContext {
+        revoked: AtomicBool::new(false),
+    };
+    let consumer: StreamConsumer<GroupContext> = base_config(config)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        .create_with_context(ctx)
+        .map_err(|e| backend(format!("creating the Kafka consumer: {e}")))?;
+    let topic = messages_topic(config);
+    consumer
+        .subscribe(&[&topic])
+        .map_err(|e| backend(format!("subscribing to {topic}: {e}")))?;
+    Ok(consumer)
+}
+
 /// The consuming side: this instance's member of the persisters' group.
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<GroupContext>>,
+    config: KafkaConfig,
+    /// Since when every receive failed (reset by a record).
+    failing_since: Option<std::time::Instant>,
     topic: String,
     /// Next offset to commit per partition, for what was handed out since
     /// the last commit.
@@ -288,26 +394,37 @@ impl KafkaConsumer {
     /// Joins the group `config.group_id` and subscribes to the messages
     /// topic.
     pub fn new(config: &KafkaConfig) -> Result<KafkaConsumer, BusError> {
-        let ctx = GroupContext {
-            revoked: AtomicBool::new(false),
-        };
-        let consumer: StreamConsumer<GroupContext> = base_config(config)
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", STATS_INTERVAL_MS)
-            .create_with_context(ctx)
-            .map_err(|e| backend(format!("creating the Kafka consumer: {e}")))?;
-        let topic = messages_topic(config);
-        consumer
-            .subscribe(&[&topic])
-            .map_err(|e| backend(format!("subscribing to {topic}: {e}")))?;
         Ok(KafkaConsumer {
-            consumer: Arc::new(consumer),
-            topic,
+            consumer: Arc::new(group_member(config)?),
+            config: config.clone(),
+            failing_since: None,
+            topic: messages_topic(config),
             pending: BTreeMap::new(),
         })
+    }
+
+    /// After a failed receive: replaces the consumer once it failed for
+    /// [`CONSUMER_REBUILD_AFTER`] and the broker answers again. What was
+    /// handed out and not committed is read again (duplicates the store
+    /// drops).
+    async fn recover(&mut self) {
+        let since = *self
+            .failing_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < CONSUMER_REBUILD_AFTER || ensure_topics(&self.config).await.is_err() {
+            return;
+        }
+        match group_member(&self.config) {
+            Ok(fresh) => {
+                self.consumer = Arc::new(fresh);
+                self.pending.clear();
+                self.failing_since = None;
+                metrics::counter!(names::KAFKA_CLIENT_REBUILDS, "client" => "consumer")
+                    .increment(1);
+                tracing::warn!("replaced the Kafka consumer");
+            }
+            Err(e) => tracing::warn!(error = %e, "replacing the Kafka consumer failed"),
+        }
     }
 
     /// Records one consumed message; returns its command unless it is not
@@ -335,7 +452,14 @@ impl BusConsumer for KafkaConsumer {
         consumer.context().revoked.store(false, Ordering::SeqCst);
         // Wait for the first record, then take what is already there.
         while batch.is_empty() {
-            let m = consumer.recv().await.map_err(backend)?;
+            let m = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    self.recover().await;
+                    return Err(backend(e));
+                }
+            };
+            self.failing_since = None;
             batch.extend(self.take(&m));
         }
         while batch.len() < max && !consumer.context().revoked.load(Ordering::SeqCst) {

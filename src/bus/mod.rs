@@ -178,7 +178,8 @@ pub async fn connect(config: &Config) -> Result<Connected, BusError> {
             kafka::ensure_topics(k).await?;
             let bus = Arc::new(kafka::KafkaBus::new(k)?);
             let consumer = kafka::KafkaConsumer::new(k)?;
-            let events = Arc::new(kafka::KafkaEvents::new(k, bus.producer())) as Arc<dyn EventSink>;
+            let events =
+                Arc::new(kafka::KafkaEvents::new(k, bus.producing())) as Arc<dyn EventSink>;
             Ok(Connected {
                 bus,
                 consumer: Box::new(consumer),

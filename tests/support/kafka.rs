@@ -68,7 +68,7 @@ pub fn with_brokers(brokers: &str, partitions: u32) -> KafkaConfig {
 }
 
 /// A broker process of the test's own (tansu, in memory) on a free port,
-/// for tests that stop and start it. Killed on drop.
+/// for tests that freeze it. Killed on drop.
 pub struct PrivateBroker {
     child: Option<Child>,
     pub port: u16,
@@ -151,6 +151,27 @@ impl PrivateBroker {
         true
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing is
+    /// answered, as with a broker that hangs or a network partition; its
+    /// state is kept.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("broker running");
+        let status = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
     /// Kills the broker.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -163,5 +184,58 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A server on a scratch PostgreSQL database with `bus = "kafka"`, and two
+/// connected users in a direct conversation.
+pub struct KafkaChat {
+    pub srv: super::TestServer,
+    db: super::pg::PgDatabase,
+    pub alice: super::Client,
+    pub alice_id: String,
+    pub bob: super::Client,
+    pub bob_id: String,
+    pub cid: String,
+}
+
+impl KafkaChat {
+    /// Starts it, or `None` when PostgreSQL is unavailable and not required.
+    pub async fn start(kafka: KafkaConfig) -> Option<KafkaChat> {
+        let db = super::pg::PgDatabase::create().await?;
+        let url = db.url.clone();
+        let srv = super::TestServer::start_with(move |c| {
+            c.bus = stompline::config::BusKind::Kafka;
+            c.kafka = kafka;
+            c.database_url = url;
+        })
+        .await;
+        let (alice, alice_id) = srv.user("alice").await;
+        let (bob, bob_id) = srv.user("bobby").await;
+        let cid = srv
+            .running
+            .shared
+            .chat
+            .create_direct(&alice_id, &bob_id)
+            .await
+            .expect("direct")
+            .0
+            .id;
+        Some(KafkaChat {
+            srv,
+            db,
+            alice,
+            alice_id,
+            bob,
+            bob_id,
+            cid,
+        })
+    }
+
+    /// Stops the server and drops the database.
+    pub async fn finish(self) {
+        self.srv.running.shutdown();
+        drop(self.srv);
+        self.db.drop_database().await;
     }
 }
