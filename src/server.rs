@@ -116,6 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     gateway_tasks.spawn(relay_inbox, shutdown.clone());
     gateway.watch(events::instance_channel(&instance_id)).await;
     let dispatcher = Dispatcher::new(store.clone(), relay.clone(), events.clone());
+    let api_events = events.clone();
     tokio::spawn(dispatcher.clone().run(shutdown.clone()));
     let persister = tokio::spawn(run_persister(
         consumer,
@@ -177,6 +178,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: Some(metrics),
         chat: shared.chat.clone(),
         presence: shared.presence.clone(),
+        events: api_events,
     })
     .merge(
         Router::new()

@@ -52,6 +52,7 @@ impl TestServer {
             metrics: None,
             chat: shared.chat.clone(),
             presence: shared.presence.clone(),
+            events: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -457,13 +457,38 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
 
     // The outbox fed the domain-events topic.
     chat.mark_read(&bob_id, &cid, 10).await.expect("read");
+    let edited = chat
+        .edit(&alice_id, &ids[0], "hello again".into())
+        .await
+        .expect("edit");
+    chat.delete(&alice_id, &ids[1]).await.expect("delete");
+    let (carol_id, _, _) = t.srv.register("carol").await;
+    let gid = chat
+        .create_group(&alice_id, "trio", std::slice::from_ref(&bob_id))
+        .await
+        .expect("group")
+        .id;
+    chat.add_members(&alice_id, &gid, std::slice::from_ref(&carol_id))
+        .await
+        .expect("add");
+    chat.remove_member(&alice_id, &gid, &bob_id)
+        .await
+        .expect("remove");
+    let wanted = [
+        "conversation.created",
+        "message.read",
+        "message.edited",
+        "message.deleted",
+        "member.added",
+        "member.removed",
+        "user.registered",
+    ];
     let events = domain_events(&k, |seen| {
         let created = seen
             .iter()
             .filter(|e| e["type"] == "message.created")
             .count();
-        let has = |t: &str| seen.iter().any(|e| e["type"] == t);
-        created >= 10 && has("conversation.created") && has("message.read")
+        created >= 10 && wanted.iter().all(|t| seen.iter().any(|e| e["type"] == *t))
     })
     .await;
     let created: Vec<&str> = events
@@ -481,6 +506,24 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
         .find(|e| e["type"] == "conversation.created")
         .expect("conversation.created");
     assert_eq!(conv["conversationId"], cid.as_str());
+    let of = |t: &'static str| events.iter().filter(move |e| e["type"] == t);
+    let edit = of("message.edited").next().expect("edited");
+    assert_eq!(edit["data"]["message"]["body"], "hello again");
+    assert_eq!(
+        edit["data"]["message"]["editedAt"].is_string(),
+        edited.edited_at.is_some()
+    );
+    assert!(of("member.added")
+        .any(|e| e["userId"] == carol_id.as_str() && e["conversationId"] == gid.as_str()));
+    assert!(of("member.removed").any(|e| e["userId"] == bob_id.as_str()));
+    assert!(of("user.registered").any(|e| e["data"]["user"]["id"] == carol_id.as_str()));
+    let read = of("message.read").next().expect("read");
+    assert_eq!(read["data"]["upToSeq"], 10);
+    let ids_of_events: HashSet<&str> = events
+        .iter()
+        .map(|e| e["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids_of_events.len(), events.len(), "event ids are unique");
     assert_eq!(
         conv["data"]["conversation"]["members"]
             .as_array()

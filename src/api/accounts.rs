@@ -121,6 +121,16 @@ pub(super) async fn register(
             display_name: req.display_name,
         })
         .await?;
+    if let Some(sink) = state.events.clone() {
+        // Best effort, like read receipts and presence: an account is not
+        // an outbox change.
+        let ev = crate::bus::DomainEvent::user_registered(&pair.user);
+        tokio::spawn(async move {
+            if let Err(e) = sink.emit(vec![ev]).await {
+                tracing::warn!(error = %e, "publishing user.registered failed");
+            }
+        });
+    }
     Ok((StatusCode::CREATED, Json(TokenResponse::from(pair))))
 }
 

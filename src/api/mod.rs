@@ -44,6 +44,8 @@ pub struct ApiState {
     pub chat: Arc<crate::chat::Chat>,
     /// Presence.
     pub presence: Arc<crate::presence::Presence>,
+    /// The domain-events topic, in a cluster (`user.registered`).
+    pub events: Option<Arc<dyn crate::bus::EventSink>>,
 }
 
 /// Builds the REST router: `/api/…`, `/healthz`, `/readyz`, `/metrics`.

@@ -4,8 +4,9 @@
 //! relay is also turned into one or more [`DomainEvent`]s and appended to the
 //! events topic before the row is deleted, so they are at-least-once and, per
 //! key, in commit order. `message.read` and `presence.changed` are not
-//! outbox changes; [`EventTee`] picks them up where they are published, on a
-//! best-effort basis. The JSON shape is documented in docs/EVENTS.md.
+//! outbox changes; [`EventTee`] picks them up where they are published, and
+//! the registration endpoint emits `user.registered`, on a best-effort
+//! basis. The JSON shape is documented in docs/EVENTS.md.
 
 use std::sync::Arc;
 
