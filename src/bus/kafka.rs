@@ -493,4 +493,9 @@ impl BusConsumer for KafkaConsumer {
             .map_err(backend)?
             .map_err(|e| backend(format!("committing Kafka offsets: {e}")))
     }
+
+    fn drain_on_shutdown(&self) -> bool {
+        // The group's other members take over this instance's partitions.
+        false
+    }
 }

@@ -137,6 +137,13 @@ pub trait BusConsumer: Send {
     /// Marks everything returned so far as processed (after the database
     /// commit).
     async fn commit(&mut self) -> Result<(), BusError>;
+
+    /// Whether the persister should empty this bus before the process
+    /// exits: yes for an in-process queue (nothing else would store what it
+    /// holds); no for a shared log, whose other consumers take over.
+    fn drain_on_shutdown(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -147,6 +154,10 @@ impl<C: BusConsumer + ?Sized> BusConsumer for Box<C> {
 
     async fn commit(&mut self) -> Result<(), BusError> {
         (**self).commit().await
+    }
+
+    fn drain_on_shutdown(&self) -> bool {
+        (**self).drain_on_shutdown()
     }
 }
 

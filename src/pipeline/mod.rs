@@ -66,8 +66,12 @@ pub async fn run_persister(
     // batch is not held up by them.
     let followups = Followups::spawn(store.clone(), relay.clone());
     loop {
-        // After shutdown began, what is still on the bus is drained: the
-        // sessions are gone, so the queue only shrinks.
+        // After shutdown began, what is still on an in-process bus is
+        // drained: the sessions are gone, so the queue only shrinks. A
+        // shared log is left to the other consumers.
+        if shutdown.is_cancelled() && !consumer.drain_on_shutdown() {
+            return;
+        }
         let batch = if shutdown.is_cancelled() {
             match tokio::time::timeout(Duration::from_millis(200), consumer.next_batch(MAX_BATCH))
                 .await
