@@ -65,6 +65,9 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Outgoing mail (one-time codes).
     pub mail: MailConfig,
+    /// Directory of the built web app, served at `/` (relative paths are
+    /// relative to the working directory).
+    pub web_dir: PathBuf,
     /// Event log between gateways and the persister: `local` (in-process)
     /// or `kafka` (needs PostgreSQL).
     pub bus: BusKind,
@@ -303,6 +306,7 @@ impl Default for Config {
             chat: ChatConfig::default(),
             presence: PresenceConfig::default(),
             mail: MailConfig::default(),
+            web_dir: PathBuf::from("client-js/web/dist"),
             bus: BusKind::Local,
             relay: RelayKind::Local,
             shared_state: SharedStateKind::Memory,

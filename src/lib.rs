@@ -18,3 +18,4 @@ pub mod stomp;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
+pub mod web;

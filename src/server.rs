@@ -188,7 +188,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 permits: permits.clone(),
                 tracker: tracker.clone(),
             }),
-    );
+    )
+    .fallback_service(crate::web::service(&config.web_dir));
 
     let http = TcpListener::bind(config.http_socket_addr())
         .await
@@ -208,6 +209,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http_addr,
         stomp_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string())
     );
+
+    tracing::info!("{}", crate::web::describe(&config.web_dir));
 
     let http_conns = TaskTracker::new();
     let http_task = tokio::spawn(accept_http(
