@@ -474,7 +474,13 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
     chat.remove_member(&alice_id, &gid, &bob_id)
         .await
         .expect("remove");
+    let away = r#"{"status":"away"}"#;
+    t.bob
+        .send(format!("SEND\ndestination:/app/presence.set\ncontent-type:application/json\nreceipt:p\n\n{away}\0").as_bytes())
+        .await;
+    t.bob.await_receipt("p").await;
     let wanted = [
+        "presence.changed",
         "conversation.created",
         "message.read",
         "message.edited",
@@ -517,6 +523,8 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
         .any(|e| e["userId"] == carol_id.as_str() && e["conversationId"] == gid.as_str()));
     assert!(of("member.removed").any(|e| e["userId"] == bob_id.as_str()));
     assert!(of("user.registered").any(|e| e["data"]["user"]["id"] == carol_id.as_str()));
+    assert!(of("presence.changed")
+        .any(|e| e["userId"] == bob_id.as_str() && e["data"]["status"] == "away"));
     let read = of("message.read").next().expect("read");
     assert_eq!(read["data"]["upToSeq"], 10);
     let ids_of_events: HashSet<&str> = events
@@ -531,4 +539,19 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
         Some(2)
     );
     t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_brokers_do_not_answer_refuses_to_start_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = support::test_config(dir.path());
+    config.bus = stompline::config::BusKind::Kafka;
+    // Nothing listens on port 1.
+    config.kafka = support::kafka::with_brokers("127.0.0.1:1", 1);
+    let err = match stompline::server::start(config).await {
+        Ok(_) => panic!("started without Kafka"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("message bus"), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
 }
