@@ -17,7 +17,10 @@ use support::Client;
 
 /// Longer than the bus's delivery timeout, so a send made while the
 /// broker is frozen hears its outcome within it.
-const OUTCOME_WAIT: Duration = Duration::from_secs(60);
+const OUTCOME_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a client retries one message before the test gives up.
+const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// What became of one SEND.
 #[derive(Debug)]
@@ -26,6 +29,9 @@ enum Outcome {
     Receipt(String, i64),
     /// An application error on `/user/queue/errors` naming the receipt.
     Error(String),
+    /// Neither within [`OUTCOME_WAIT`]: the send was lost before it was
+    /// stored (a broker that lost its log); the client retries.
+    Silent,
 }
 
 /// SENDs one chat message with a receipt and waits for its outcome;
@@ -41,9 +47,9 @@ async fn send(c: &mut Client, cid: &str, body: &str, key: &str, receipt: &str) -
     .await;
     let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
     loop {
-        let f = tokio::time::timeout_at(deadline, next(c))
-            .await
-            .unwrap_or_else(|_| panic!("no RECEIPT and no error for {key}"));
+        let Ok(f) = tokio::time::timeout_at(deadline, next(c)).await else {
+            return Outcome::Silent;
+        };
         match f.command {
             Command::Receipt if f.header("receipt-id") == Some(receipt) => {
                 let id = f.header("chat-message-id").expect("message id").to_owned();
@@ -105,13 +111,14 @@ impl Ledger {
                 self.errors += 1;
                 false
             }
+            Outcome::Silent => false,
         }
     }
 
     /// Sends message `i`, retrying with the same clientMsgId until it is
     /// receipted (the broker may or may not have taken a failed try).
     async fn until_stored(&mut self, c: &mut Client, cid: &str, i: usize, first: bool) {
-        let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut first = first;
         while !self.attempt(c, cid, i, first).await {
             first = false;
@@ -120,17 +127,12 @@ impl Ledger {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_frozen_kafka_broker_delays_or_fails_sends_and_loses_no_receipted_message() {
-    let Some(broker) = PrivateBroker::start() else {
-        return;
-    };
+/// A server on `broker` with the sender listening for errors and the
+/// recipient subscribed, after 20 sends stored while the broker answers.
+async fn steady(broker: &PrivateBroker) -> Option<(support::kafka::KafkaChat, String, Ledger)> {
     let kafka = support::kafka::with_brokers(&broker.brokers, 3);
-    let Some(mut t) = support::kafka::KafkaChat::start(kafka).await else {
-        return;
-    };
-    let (cid, alice_id) = (t.cid.clone(), t.alice_id.clone());
-    let chat = t.srv.running.shared.chat.clone();
+    let mut t = support::kafka::KafkaChat::start(kafka).await?;
+    let cid = t.cid.clone();
     t.alice
         .subscribe("errors", "/user/queue/errors", "auto")
         .await;
@@ -138,14 +140,23 @@ async fn a_frozen_kafka_broker_delays_or_fails_sends_and_loses_no_receipted_mess
         .subscribe("s", &format!("/topic/chat/{cid}"), "auto")
         .await;
     let mut ledger = Ledger::default();
-
-    // Steady sends with the broker answering.
     for i in 0..20 {
         assert!(
             ledger.attempt(&mut t.alice, &cid, i, true).await,
             "broker up: k{i} stored"
         );
     }
+    Some((t, cid, ledger))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_kafka_broker_delays_or_fails_sends_and_loses_no_receipted_message() {
+    let Some(broker) = PrivateBroker::start() else {
+        return;
+    };
+    let Some((mut t, cid, mut ledger)) = steady(&broker).await else {
+        return;
+    };
     // The broker stops answering: sends wait, then fail; none gets a
     // RECEIPT while nothing can be stored.
     broker.freeze();
@@ -163,6 +174,15 @@ async fn a_frozen_kafka_broker_delays_or_fails_sends_and_loses_no_receipted_mess
     assert!(ledger.errors >= 3, "the frozen broker failed sends");
     assert_eq!(ledger.receipted.len(), 40);
 
+    check(&mut t, &ledger).await;
+    t.finish().await;
+}
+
+/// Every message that received a RECEIPT is in history exactly once, in
+/// order, and every subscribed recipient got it (after dedupe by id).
+async fn check(t: &mut support::kafka::KafkaChat, ledger: &Ledger) {
+    let chat = t.srv.running.shared.chat.clone();
+    let (cid, alice_id) = (t.cid.clone(), t.alice_id.clone());
     // Every receipted message is in history exactly once, with the seq of
     // its RECEIPT, and history has no gap.
     let history = chat
@@ -221,5 +241,29 @@ async fn a_frozen_kafka_broker_delays_or_fails_sends_and_loses_no_receipted_mess
             last = seq;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kafka_broker_killed_and_restarted_empty_loses_no_receipted_message() {
+    let Some(mut broker) = PrivateBroker::start() else {
+        return;
+    };
+    let Some((mut t, cid, mut ledger)) = steady(&broker).await else {
+        return;
+    };
+    // The broker dies and comes back empty (in memory: topics, log and
+    // group offsets gone). Sends meanwhile fail or go unanswered; the
+    // clients retry until the bus has recovered.
+    broker.stop();
+    assert!(
+        !ledger.attempt(&mut t.alice, &cid, 20, true).await,
+        "no RECEIPT while down"
+    );
+    assert!(broker.restart(), "tansu restarts");
+    for i in 20..40 {
+        ledger.until_stored(&mut t.alice, &cid, i, i > 20).await;
+    }
+    assert_eq!(ledger.receipted.len(), 40);
+    check(&mut t, &ledger).await;
     t.finish().await;
 }

@@ -489,12 +489,27 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
         "member.removed",
         "user.registered",
     ];
+    // Events of different keys may arrive in any order: wait for the
+    // specific ones checked below.
     let events = domain_events(&k, |seen| {
         let created = seen
             .iter()
             .filter(|e| e["type"] == "message.created")
             .count();
-        created >= 10 && wanted.iter().all(|t| seen.iter().any(|e| e["type"] == *t))
+        let has =
+            |t: &str, field: &str, v: &str| seen.iter().any(|e| e["type"] == t && e[field] == v);
+        created >= 10
+            && wanted.iter().all(|t| seen.iter().any(|e| e["type"] == *t))
+            && seen.iter().any(|e| {
+                e["type"] == "user.registered" && e["data"]["user"]["id"] == carol_id.as_str()
+            })
+            && seen.iter().any(|e| {
+                e["type"] == "presence.changed"
+                    && e["userId"] == bob_id.as_str()
+                    && e["data"]["status"] == "away"
+            })
+            && has("member.added", "userId", &carol_id)
+            && has("member.removed", "userId", &bob_id)
     })
     .await;
     let created: Vec<&str> = events

@@ -22,7 +22,10 @@
 //! the topics are gone and the idempotent producer's id is unknown or
 //! taken. When sends keep failing, or the consumer keeps failing for
 //! [`CONSUMER_REBUILD_AFTER`], the topics are ensured again and the client
-//! is replaced (at most once per [`REBUILD_EVERY`]).
+//! is replaced (the producer at most once per [`REBUILD_EVERY`]). A
+//! consumer that lost every broker connection is dropped at once and
+//! replaced when the broker answers: librdkafka 2.12.1 was seen to crash
+//! when an old consumer met a recreated topic.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,7 +209,10 @@ impl Producing {
         if !stuck {
             return;
         }
-        let mut last = self.last_rebuild.lock().await;
+        // One recovery at a time; sends failing meanwhile leave it to it.
+        let Ok(mut last) = self.last_rebuild.try_lock() else {
+            return;
+        };
         if last.is_some_and(|t| t.elapsed() < REBUILD_EVERY) {
             return;
         }
@@ -325,13 +331,17 @@ impl ClientContext for GroupContext {
         let mut total = 0;
         for topic in statistics.topics.values() {
             for (partition, p) in &topic.partitions {
-                // -1 is "unknown" (not assigned, or nothing committed yet).
-                if *partition < 0 || p.consumer_lag < 0 {
+                // Partition -1 is librdkafka's internal one.
+                if *partition < 0 {
                     continue;
                 }
-                total += p.consumer_lag;
+                // A lag of -1 is "unknown": not assigned to this instance
+                // (any more), or nothing fetched yet. It counts as none
+                // here, so the gauges summed over instances stay right.
+                let lag = p.consumer_lag.max(0);
+                total += lag;
                 metrics::gauge!(names::KAFKA_CONSUMER_LAG, "partition" => partition.to_string())
-                    .set(p.consumer_lag as f64);
+                    .set(lag as f64);
             }
         }
         metrics::gauge!(names::KAFKA_CONSUMER_LAG_TOTAL).set(total as f64);
@@ -380,7 +390,10 @@ fn group_member(config: &KafkaConfig) -> Result<StreamConsumer<GroupContext>, Bu
 
 /// The consuming side: this instance's member of the persisters' group.
 pub struct KafkaConsumer {
-    consumer: Arc<StreamConsumer<GroupContext>>,
+    /// `None` after every broker connection was lost, until the broker
+    /// answers again: a client that saw its broker go away entirely is not
+    /// kept, since one that lost its state recreates the topics.
+    consumer: Option<Arc<StreamConsumer<GroupContext>>>,
     config: KafkaConfig,
     /// Since when every receive failed (reset by a record).
     failing_since: Option<std::time::Instant>,
@@ -395,7 +408,7 @@ impl KafkaConsumer {
     /// topic.
     pub fn new(config: &KafkaConfig) -> Result<KafkaConsumer, BusError> {
         Ok(KafkaConsumer {
-            consumer: Arc::new(group_member(config)?),
+            consumer: Some(Arc::new(group_member(config)?)),
             config: config.clone(),
             failing_since: None,
             topic: messages_topic(config),
@@ -407,16 +420,28 @@ impl KafkaConsumer {
     /// [`CONSUMER_REBUILD_AFTER`] and the broker answers again. What was
     /// handed out and not committed is read again (duplicates the store
     /// drops).
-    async fn recover(&mut self) {
+    async fn recover(&mut self, e: &KafkaError) {
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.consumer = None;
+        }
         let since = *self
             .failing_since
             .get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() < CONSUMER_REBUILD_AFTER || ensure_topics(&self.config).await.is_err() {
+        if self.consumer.is_some() && since.elapsed() < CONSUMER_REBUILD_AFTER {
+            return;
+        }
+        self.rejoin().await;
+    }
+
+    /// A fresh member of the group, once the broker answers and the topics
+    /// exist.
+    async fn rejoin(&mut self) {
+        if ensure_topics(&self.config).await.is_err() {
             return;
         }
         match group_member(&self.config) {
             Ok(fresh) => {
-                self.consumer = Arc::new(fresh);
+                self.consumer = Some(Arc::new(fresh));
                 self.pending.clear();
                 self.failing_since = None;
                 metrics::counter!(names::KAFKA_CLIENT_REBUILDS, "client" => "consumer")
@@ -448,14 +473,19 @@ impl BusConsumer for KafkaConsumer {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SendCommand>, BusError> {
         let max = max.max(1);
         let mut batch = Vec::new();
-        let consumer = self.consumer.clone();
+        if self.consumer.is_none() {
+            self.rejoin().await;
+        }
+        let Some(consumer) = self.consumer.clone() else {
+            return Err(backend("waiting for the Kafka brokers to answer"));
+        };
         consumer.context().revoked.store(false, Ordering::SeqCst);
         // Wait for the first record, then take what is already there.
         while batch.is_empty() {
             let m = match consumer.recv().await {
                 Ok(m) => m,
                 Err(e) => {
-                    self.recover().await;
+                    self.recover(&e).await;
                     return Err(backend(e));
                 }
             };
@@ -484,7 +514,10 @@ impl BusConsumer for KafkaConsumer {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))
                 .map_err(backend)?;
         }
-        let consumer = self.consumer.clone();
+        let Some(consumer) = self.consumer.clone() else {
+            // The member that read them is gone: they are read again.
+            return Ok(());
+        };
         // A failure (e.g. the partition moved to another instance meanwhile)
         // leaves those records to be read again: duplicates the store drops,
         // never loss.

@@ -65,6 +65,7 @@ pub async fn run_persister(
     // Unread counters and outbox clean-up run beside the loop, so the next
     // batch is not held up by them.
     let followups = Followups::spawn(store.clone(), relay.clone());
+    let mut read_failures: u32 = 0;
     loop {
         // After shutdown began, what is still on an in-process bus is
         // drained: the sessions are gone, so the queue only shrinks. A
@@ -87,10 +88,19 @@ pub async fn run_persister(
         };
         let batch = match batch {
             Ok(b) if b.is_empty() => return,
-            Ok(b) => b,
+            Ok(b) => {
+                read_failures = 0;
+                b
+            }
             Err(e) => {
-                tracing::error!(error = %e, "reading the message bus failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Backing off while the bus is unreachable: 200 ms doubling
+                // to 5 s, and one log line per doubling, not per attempt.
+                if read_failures < 5 {
+                    tracing::error!(error = %e, "reading the message bus failed");
+                }
+                let wait = Duration::from_millis(200) * (1 << read_failures.min(5));
+                read_failures += 1;
+                tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
                 continue;
             }
         };
