@@ -509,6 +509,7 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
                     && e["data"]["status"] == "away"
             })
             && has("member.added", "userId", &carol_id)
+            && has("conversation.created", "conversationId", &cid)
             && has("member.removed", "userId", &bob_id)
     })
     .await;
@@ -524,9 +525,9 @@ async fn a_server_on_kafka_receipts_with_seq_and_stores_each_send_once() {
     );
     let conv = events
         .iter()
-        .find(|e| e["type"] == "conversation.created")
+        .find(|e| e["type"] == "conversation.created" && e["conversationId"] == cid.as_str())
         .expect("conversation.created");
-    assert_eq!(conv["conversationId"], cid.as_str());
+    assert_eq!(conv["data"]["conversation"]["id"], cid.as_str());
     let of = |t: &'static str| events.iter().filter(move |e| e["type"] == t);
     let edit = of("message.edited").next().expect("edited");
     assert_eq!(edit["data"]["message"]["body"], "hello again");
