@@ -12,6 +12,8 @@
 #
 # Addresses match what the tests read by default:
 #   postgres  postgres://postgres@127.0.0.1:5432/postgres (trust auth)
+#   redis     redis://127.0.0.1:6379 (keeps nothing on disk)
+#   rabbitmq  amqp://guest:guest@127.0.0.1:5672/%2f
 #   kafka     127.0.0.1:9092: tansu, a Kafka-compatible broker, in memory
 #             (installed with `cargo install tansu` when not on PATH, which
 #             takes ~25 minutes once per machine; pid file and log under
@@ -22,11 +24,11 @@
 # CI=true or STOMPLINE_SERVICES_TRUST=1, and otherwise stops with the fix.
 set -euo pipefail
 
-# Later issues add redis and rabbitmq here, each with its
-# <name>_start / <name>_check pair below.
-SERVICES=(postgres kafka)
+# Each entry has its <name>_start / <name>_check pair below.
+SERVICES=(postgres redis rabbitmq kafka)
 
 PG_URL="${STOMPLINE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+REDIS_URL="${STOMPLINE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 KAFKA_ADDR="${STOMPLINE_TEST_KAFKA_BROKERS:-127.0.0.1:9092}"
 KAFKA_ADDR="${KAFKA_ADDR%%,*}"
 STATE_DIR="${STOMPLINE_SERVICES_STATE:-${TMPDIR:-/tmp}/stompline-services}"
@@ -113,6 +115,48 @@ postgres_start() {
             log "or point STOMPLINE_TEST_POSTGRES_URL at a database you can use."
             return 1
         fi
+    fi
+}
+
+# --- Redis -------------------------------------------------------------------
+
+redis_check() {
+    [ "$(timeout 5 redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = PONG ]
+}
+
+redis_start() {
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+        apt_install redis-server redis-tools
+    if ! redis_check; then
+        log "starting Redis"
+        as_root mkdir -p /var/lib/redis /var/log/redis
+        as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
+            --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+        wait_for "Redis" redis_check
+    fi
+}
+
+# --- RabbitMQ ----------------------------------------------------------------
+
+# The broker answers an AMQP 0-9-1 protocol header with a Connection.Start
+# method frame (frame type 1).
+amqp_handshake() {
+    timeout 5 bash -c '
+        exec 3<>/dev/tcp/127.0.0.1/5672 || exit 1
+        printf "AMQP\000\000\011\001" >&3
+        [ "$(head -c 1 <&3 | od -An -tu1 | tr -d " ")" = 1 ]'
+}
+
+rabbitmq_check() {
+    as_root timeout 20 rabbitmq-diagnostics -q ping && amqp_handshake
+}
+
+rabbitmq_start() {
+    command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+    if ! rabbitmq_check; then
+        log "starting RabbitMQ"
+        as_root rabbitmq-server -detached
+        wait_for "RabbitMQ" rabbitmq_check
     fi
 }
 

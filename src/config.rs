@@ -267,6 +267,11 @@ pub struct PresenceConfig {
     pub offline_grace_ms: u64,
     /// How long a typing indicator lasts without a refresh.
     pub typing_expiry_ms: u64,
+    /// With `shared_state = "redis"`: how often each instance refreshes its
+    /// users' presence keys (one batch per interval). The keys live three
+    /// intervals, so a crashed instance's users go offline after at most
+    /// three intervals plus the offline grace.
+    pub refresh_ms: u64,
 }
 
 /// `[mail]`
@@ -408,6 +413,7 @@ impl Default for PresenceConfig {
         PresenceConfig {
             offline_grace_ms: 20_000,
             typing_expiry_ms: 5000,
+            refresh_ms: 5000,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod presence;
 pub mod relay;
 pub mod server;
+pub mod shared_state;
 pub mod stomp;
 pub mod store;
 pub mod telemetry;

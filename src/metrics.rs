@@ -73,6 +73,15 @@ pub mod names {
     /// Counter: records of the messages topic that were not a readable send
     /// command (skipped).
     pub const KAFKA_MALFORMED: &str = "stompline_kafka_malformed_records_total";
+    /// Counter: relay connections re-established after a loss, label
+    /// `backend` (`redis` | `amqp`).
+    pub const RELAY_RECONNECTS: &str = "stompline_relay_reconnects_total";
+    /// Counter: conversation subscriptions re-read from the store after a
+    /// relay reconnect.
+    pub const RELAY_RESYNCS: &str = "stompline_relay_resyncs_total";
+    /// Counter: messages a relay resync found in the store (delivered unless
+    /// the subscriber already had them).
+    pub const RELAY_RESYNC_MESSAGES: &str = "stompline_relay_resync_messages_total";
 }
 
 /// Label keys used with [`names`].
@@ -85,6 +94,8 @@ pub mod labels {
     pub const REASON: &str = "reason";
     /// Which protocol error or limit.
     pub const KIND: &str = "kind";
+    /// Which relay backend.
+    pub const BACKEND: &str = "backend";
 }
 
 /// How often histogram/summary storage is compacted.
@@ -239,6 +250,21 @@ fn describe() {
         names::KAFKA_MALFORMED,
         Unit::Count,
         "Unreadable records skipped on the messages topic."
+    );
+    describe_counter!(
+        names::RELAY_RECONNECTS,
+        Unit::Count,
+        "Relay connections re-established after a loss, by backend."
+    );
+    describe_counter!(
+        names::RELAY_RESYNCS,
+        Unit::Count,
+        "Conversation subscriptions re-read from the store after a relay reconnect."
+    );
+    describe_counter!(
+        names::RELAY_RESYNC_MESSAGES,
+        Unit::Count,
+        "Messages found in the store by relay resyncs."
     );
     describe_counter!(
         names::LIMITS_HIT,

@@ -24,7 +24,8 @@ use crate::chat::{events, Chat, Gateway};
 use crate::config::Config;
 use crate::pipeline::{run_persister, Dispatcher};
 use crate::presence::Presence;
-use crate::relay::{LocalRelay, Relay};
+use crate::relay;
+use crate::shared_state;
 use crate::stomp::Shared;
 use crate::store::{self, Store};
 use crate::transport::{tcp, ws};
@@ -87,11 +88,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = crate::metrics::install();
     let shutdown = CancellationToken::new();
 
-    // The message path: the configured bus (in-process, or Kafka with the
-    // domain-events topic) and the in-process relay.
+    // The message path: the bus `config.bus` selects (in-process, or Kafka
+    // with the domain-events topic) and the relay `config.relay` selects.
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
-    let (local_relay, relay_inbox) = LocalRelay::new();
-    let relay: Arc<dyn Relay> = local_relay;
+    let (relay, relay_inbox) = relay::connect(&config, shutdown.clone())
+        .await
+        .context("connecting the relay")?;
     let bus::Connected {
         bus,
         consumer,
@@ -101,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("opening the {:?} message bus", config.bus))?;
     // Read receipts and presence reach the events topic where they are
     // published; outbox changes through the pipeline.
-    let relay: Arc<dyn Relay> = match &events {
+    let relay: Arc<dyn relay::Relay> = match &events {
         Some(sink) => bus::events::EventTee::new(relay, sink.clone()),
         None => relay,
     };
@@ -125,6 +127,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         events,
         shutdown.clone(),
     ));
+    let state = shared_state::open(&config, &instance_id)
+        .await
+        .context("opening the shared state")?;
+    state
+        .share_revocations(&auth, shutdown.clone())
+        .await
+        .context("reading revoked sessions")?;
     let chat = Chat::new(
         store.clone(),
         bus,
@@ -132,13 +141,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         gateway,
         dispatcher,
         config.chat.clone(),
-        &config.presence,
+        state.chat.clone(),
     );
-    let presence = Presence::new(
-        store.clone(),
-        relay.clone(),
-        Duration::from_millis(config.presence.offline_grace_ms),
-    );
+    let presence = Presence::with_state(store.clone(), relay.clone(), state.presence.clone());
+    tokio::spawn(presence.clone().run(
+        Duration::from_millis(config.presence.refresh_ms.max(1)),
+        shutdown.clone(),
+    ));
     spawn_chat_timers(chat.clone(), &config.chat, shutdown.clone());
 
     let shared = Arc::new(Shared {
@@ -179,6 +188,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         chat: shared.chat.clone(),
         presence: shared.presence.clone(),
         events: api_events,
+        shared_state: state.redis.clone(),
     })
     .merge(
         Router::new()

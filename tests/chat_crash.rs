@@ -9,39 +9,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use stomp_codec::Command;
-use support::process::ServerProcess;
+use support::process::{get_json, register, ServerProcess};
 use support::Client;
-
-async fn register(http: &str, name: &str) -> (String, String) {
-    let res = reqwest::Client::new()
-        .post(format!("http://{http}/api/auth/register"))
-        .json(&serde_json::json!({"username": name, "password": format!("password-{name}")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let v: serde_json::Value = res.json().await.unwrap();
-    (
-        v["user"]["id"].as_str().unwrap().to_owned(),
-        v["accessToken"].as_str().unwrap().to_owned(),
-    )
-}
 
 async fn history(http: &str, token: &str, cid: &str) -> Vec<serde_json::Value> {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
-        let v: serde_json::Value = reqwest::Client::new()
-            .get(format!(
-                "http://{http}/api/conversations/{cid}/messages?after={after}&limit=100"
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(
+            &format!("http://{http}/api/conversations/{cid}/messages?after={after}&limit=100"),
+            token,
+        )
+        .await;
         let items = v["items"].as_array().unwrap().clone();
         let n = items.len();
         if let Some(last) = items.last() {

@@ -46,6 +46,9 @@ pub struct ApiState {
     pub presence: Arc<crate::presence::Presence>,
     /// The domain-events topic, in a cluster (`user.registered`).
     pub events: Option<Arc<dyn crate::bus::EventSink>>,
+    /// Redis holding the shared state (`shared_state = "redis"`), checked
+    /// by `/readyz`.
+    pub shared_state: Option<crate::shared_state::RedisShared>,
 }
 
 /// Builds the REST router: `/api/…`, `/healthz`, `/readyz`, `/metrics`.

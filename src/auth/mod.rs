@@ -17,12 +17,15 @@
 //! login ignore letter case.
 
 mod password;
+mod revocation;
 mod token;
 pub mod validate;
 
+pub use revocation::RevocationLog;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -189,6 +192,8 @@ pub struct Auth {
     /// unexpired.
     revoked: Mutex<HashMap<String, SystemTime>>,
     revocations: broadcast::Sender<String>,
+    /// Where revocations made here go for the other instances.
+    revocation_log: OnceLock<Arc<dyn RevocationLog>>,
 }
 
 impl Auth {
@@ -208,6 +213,7 @@ impl Auth {
             refresh_ttl: settings.refresh_ttl,
             revoked: Mutex::new(HashMap::new()),
             revocations: broadcast::channel(REVOCATION_CHANNEL).0,
+            revocation_log: OnceLock::new(),
         })
     }
 
@@ -359,6 +365,7 @@ impl Auth {
     pub async fn logout(&self, session_id: &str) -> Result<(), AuthError> {
         self.store.revoke_session(session_id, store::now()).await?;
         self.remember_revoked(session_id);
+        self.publish_revoked(session_id).await;
         Ok(())
     }
 
@@ -463,6 +470,7 @@ impl Auth {
             return e.into();
         }
         self.remember_revoked(session_id);
+        self.publish_revoked(session_id).await;
         AuthError::RefreshTokenReused
     }
 

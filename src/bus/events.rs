@@ -302,6 +302,14 @@ impl Relay for EventTee {
     async fn unsubscribe(&self, channel: &str) -> Result<(), RelayError> {
         self.inner.unsubscribe(channel).await
     }
+
+    fn spans_instances(&self) -> bool {
+        self.inner.spans_instances()
+    }
+
+    async fn ping(&self) -> Result<(), RelayError> {
+        self.inner.ping().await
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,11 @@ pub fn instance_channel(instance_id: &str) -> String {
     format!("instance:{instance_id}")
 }
 
+/// Relay channel of a generic `/topic/…` destination (cluster relays only).
+pub fn topic_channel(destination: &str) -> String {
+    format!("topic:{destination}")
+}
+
 /// Event kinds.
 pub mod kind {
     /// A message was persisted.

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::events::{self, kind, user_queue, Event};
 use crate::broker::{deliver_chat, user_key, Broker, Subscriber};
-use crate::relay::{Delivery, Relay};
+use crate::relay::{Delivery, Relay, RESYNC};
 use crate::stomp::connection::{AckMode, Connection, Out};
 use crate::stomp::frames;
 use crate::store::{Message, Store};
@@ -250,6 +250,11 @@ impl Gateway {
             interest: irx,
             delivered: drx,
         }
+    }
+
+    /// The relay this gateway subscribes through.
+    pub fn relay(&self) -> &Arc<dyn Relay> {
+        &self.relay
     }
 
     fn arc(&self) -> Option<Arc<Gateway>> {
@@ -499,6 +504,14 @@ impl Gateway {
 
     /// Handles one publication from the relay.
     pub async fn handle(&self, d: Delivery) {
+        if d.channel == RESYNC {
+            self.resync().await;
+            return;
+        }
+        if let Some(dest) = d.channel.strip_prefix("topic:") {
+            self.topic_event(dest, &d.payload);
+            return;
+        }
         let Some(ev) = Event::from_bytes(&d.payload) else {
             tracing::warn!(channel = %d.channel, "undecodable relay event");
             return;
@@ -765,6 +778,140 @@ impl Gateway {
     /// delivered watermark.
     pub fn delivered(&self, user_id: Arc<str>, cid: Arc<str>, seq: i64) {
         let _ = self.delivered.send((user_id, cid, seq));
+    }
+}
+
+/// A generic `/topic/…` message on its way between instances.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TopicPublication {
+    /// The publishing instance (which delivered to its own subscribers).
+    origin: String,
+    /// The message's headers, destination excluded.
+    headers: Vec<(String, String)>,
+    /// The body, base64.
+    body: String,
+}
+
+/// Messages read per store query when resyncing.
+const RESYNC_PAGE: u32 = 100;
+
+impl Gateway {
+    /// A local client sent to a generic `/topic/…` destination (and this
+    /// instance's subscribers have it): subscribers on other instances get
+    /// it through the relay.
+    pub async fn publish_topic(&self, msg: &SharedMessage) {
+        if !self.relay.spans_instances() {
+            return;
+        }
+        use base64::Engine as _;
+        let p = TopicPublication {
+            origin: self.instance_id.clone(),
+            headers: msg
+                .headers()
+                .skip(1)
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
+            body: base64::engine::general_purpose::STANDARD.encode(msg.body()),
+        };
+        let payload = serde_json::to_vec(&p).unwrap_or_default();
+        let channel = events::topic_channel(msg.destination());
+        if let Err(e) = self.relay.publish(&channel, payload.into()).await {
+            metrics::counter!(crate::metrics::names::RELAY_PUBLISH_FAILURES).increment(1);
+            tracing::warn!(error = %e, %channel, "relay publish failed");
+        }
+    }
+
+    /// A local subscription to generic topic `destination` began: other
+    /// instances' publications to it are needed (reference counted).
+    pub async fn watch_topic(&self, destination: &str) {
+        if self.relay.spans_instances() {
+            self.watch(events::topic_channel(destination)).await;
+        }
+    }
+
+    /// A local subscription to generic topic `destination` ended.
+    pub fn unwatch_topic(&self, destination: &str) {
+        if self.relay.spans_instances() {
+            self.unwatch(events::topic_channel(destination));
+        }
+    }
+
+    fn topic_event(&self, destination: &str, payload: &[u8]) {
+        use base64::Engine as _;
+        let Ok(p) = serde_json::from_slice::<TopicPublication>(payload) else {
+            tracing::warn!(%destination, "undecodable topic publication");
+            return;
+        };
+        if p.origin == self.instance_id {
+            return; // its local subscribers got it when it was sent
+        }
+        let Ok(body) = base64::engine::general_purpose::STANDARD.decode(&p.body) else {
+            tracing::warn!(%destination, "undecodable topic publication body");
+            return;
+        };
+        let headers = p.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let msg = Arc::new(SharedMessage::new(destination, headers, Bytes::from(body)));
+        self.broker.publish(destination, &msg);
+    }
+
+    /// The relay came back after a lost connection: whatever was published
+    /// meanwhile is gone from pub/sub, so every message subscription is fed
+    /// what the store holds after its last delivered seq. The usual ordering
+    /// applies (duplicates dropped, gaps filled), so live events that
+    /// arrived since the reconnect mix in safely.
+    async fn resync(&self) {
+        let Some(gw) = self.arc() else {
+            return;
+        };
+        // One read per conversation, from the lowest cursor among its
+        // subscriptions.
+        let mut wanted: HashMap<String, i64> = HashMap::new();
+        for s in self.subs.lock().by_id.values() {
+            if !s.dest.accepts(kind::MESSAGE_CREATED) {
+                continue;
+            }
+            for (cid, &cursor) in &s.state.lock().cursors {
+                let e = wanted.entry(cid.clone()).or_insert(cursor);
+                *e = (*e).min(cursor);
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        tracing::info!(
+            conversations = wanted.len(),
+            "relay resync: reading missed messages from the store"
+        );
+        tokio::spawn(async move {
+            for (cid, after) in wanted {
+                metrics::counter!(crate::metrics::names::RELAY_RESYNCS).increment(1);
+                let mut cursor = after;
+                loop {
+                    let page = match gw
+                        .store
+                        .messages(&cid, None, Some(cursor), RESYNC_PAGE)
+                        .await
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            // The next live event's gap fill recovers it.
+                            tracing::warn!(error = %e, conversation = %cid, "relay resync read failed");
+                            break;
+                        }
+                    };
+                    let n = page.len();
+                    metrics::counter!(crate::metrics::names::RELAY_RESYNC_MESSAGES)
+                        .increment(n as u64);
+                    for m in page {
+                        cursor = cursor.max(m.seq);
+                        gw.conversation_event(&cid, Event::message(kind::MESSAGE_CREATED, &m));
+                    }
+                    if n < RESYNC_PAGE as usize {
+                        break;
+                    }
+                }
+            }
+        });
     }
 }
 

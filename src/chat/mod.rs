@@ -5,6 +5,8 @@
 pub mod events;
 pub mod gateway;
 pub mod service;
+pub mod state;
 
 pub use gateway::{Activation, ChatDest, Completion, Gateway};
 pub use service::{Chat, ChatError};
+pub use state::{ChatState, SendRate, TypingState};

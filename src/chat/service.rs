@@ -11,8 +11,9 @@ use tokio::sync::oneshot;
 
 use super::events::{self, conversation_json, kind, user_queue, Event};
 use super::gateway::{Completion, Gateway};
+use super::state::ChatState;
 use crate::bus::{Bus, SendCommand};
-use crate::config::{ChatConfig, PresenceConfig};
+use crate::config::ChatConfig;
 use crate::pipeline::{encode_publications, publish_unread, Dispatcher, Publication};
 use crate::relay::Relay;
 use crate::store::{
@@ -94,11 +95,6 @@ struct SendTarget {
     at: Instant,
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 /// Chat, shared by every session and request.
 pub struct Chat {
     /// Storage.
@@ -109,10 +105,8 @@ pub struct Chat {
     pub gateway: Arc<Gateway>,
     dispatcher: Arc<Dispatcher>,
     config: ChatConfig,
-    typing_expiry: Duration,
-    rate: Mutex<HashMap<String, Bucket>>,
-    /// (conversation, user) -> last typing renewal.
-    typing: Mutex<HashMap<(String, String), Instant>>,
+    /// Typing indicators and the send rate (memory or shared).
+    state: ChatState,
     /// Conversation -> kind and members, for the send path.
     targets: Mutex<HashMap<String, Arc<SendTarget>>>,
     /// (blocker, blocked) -> blocked?, for the send path.
@@ -120,7 +114,7 @@ pub struct Chat {
 }
 
 impl Chat {
-    /// Chat over the given parts.
+    /// Chat over the given parts, typing and rate state in `state`.
     pub fn new(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
@@ -128,7 +122,7 @@ impl Chat {
         gateway: Arc<Gateway>,
         dispatcher: Arc<Dispatcher>,
         config: ChatConfig,
-        presence: &PresenceConfig,
+        state: ChatState,
     ) -> Arc<Chat> {
         Arc::new(Chat {
             store,
@@ -137,9 +131,7 @@ impl Chat {
             gateway,
             dispatcher,
             config,
-            typing_expiry: Duration::from_millis(presence.typing_expiry_ms.max(1)),
-            rate: Mutex::new(HashMap::new()),
-            typing: Mutex::new(HashMap::new()),
+            state,
             targets: Mutex::new(HashMap::new()),
             blocks: Mutex::new(HashMap::new()),
         })
@@ -248,28 +240,23 @@ impl Chat {
         Ok(())
     }
 
-    fn take_rate(&self, user_id: &str) -> Result<(), ChatError> {
-        let rate = self.config.rate_per_sec;
-        if rate == 0 {
+    async fn take_rate(&self, user_id: &str) -> Result<(), ChatError> {
+        if self.config.rate_per_sec == 0 {
             return Ok(());
         }
-        let burst = f64::from(self.config.rate_burst.max(1));
-        let now = Instant::now();
-        let mut buckets = self.rate.lock();
-        let b = buckets.entry(user_id.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * f64::from(rate)).min(burst);
-        b.at = now;
-        if b.tokens < 1.0 {
-            metrics::counter!(crate::metrics::names::LIMITS_HIT, crate::metrics::labels::KIND => "chat_rate").increment(1);
-            return Err(ChatError::RateLimited {
-                retry_after: Duration::from_secs_f64((1.0 - b.tokens) / f64::from(rate)),
-            });
+        match self.state.send_rate.take(user_id).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(retry_after)) => {
+                metrics::counter!(crate::metrics::names::LIMITS_HIT, crate::metrics::labels::KIND => "chat_rate").increment(1);
+                Err(ChatError::RateLimited { retry_after })
+            }
+            // A limit is a protection, not part of a message's correctness:
+            // while its shared counter is unreachable, sends go through.
+            Err(e) => {
+                tracing::warn!(error = %e, "send rate check failed; allowing the send");
+                Ok(())
+            }
         }
-        b.tokens -= 1.0;
-        Ok(())
     }
 
     /// Validates a send and appends it to the bus; `completion` hears the
@@ -305,7 +292,7 @@ impl Chat {
                 }
             }
         }
-        self.take_rate(user_id)?;
+        self.take_rate(user_id).await?;
         let request_id = store::new_id();
         self.gateway.expect_durable(request_id.clone(), completion);
         let cmd = SendCommand {
@@ -592,13 +579,11 @@ impl Chat {
     /// itself after the typing expiry unless renewed.
     pub async fn typing(&self, user_id: &str, cid: &str, typing: bool) -> Result<(), ChatError> {
         self.ensure_member(user_id, cid).await?;
-        let key = (cid.to_owned(), user_id.to_owned());
-        let changed = {
-            let mut t = self.typing.lock();
-            if typing {
-                t.insert(key, Instant::now()).is_none()
-            } else {
-                t.remove(&key).is_some()
+        let changed = match self.state.typing.set(cid, user_id, typing).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(error = %e, "recording typing failed");
+                true
             }
         };
         // Renewals are forwarded too, so late subscribers learn the state.
@@ -622,18 +607,12 @@ impl Chat {
 
     /// Ends typing states not renewed within the expiry (run periodically).
     pub async fn expire_typing(&self) {
-        let expired: Vec<(String, String)> = {
-            let mut t = self.typing.lock();
-            let now = Instant::now();
-            let keys: Vec<_> = t
-                .iter()
-                .filter(|(_, at)| now.duration_since(**at) >= self.typing_expiry)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in &keys {
-                t.remove(k);
+        let expired = match self.state.typing.expire().await {
+            Ok(expired) => expired,
+            Err(e) => {
+                tracing::warn!(error = %e, "expiring typing indicators failed");
+                return;
             }
-            keys
         };
         for (cid, uid) in expired {
             self.publish_typing(&cid, &uid, false).await;

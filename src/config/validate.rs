@@ -196,6 +196,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         config.presence.typing_expiry_ms,
         "presence.typing_expiry_ms",
     );
+    c.positive(config.presence.refresh_ms, "presence.refresh_ms");
 
     // Mail.
     let smtp = config.mail.smtp_url.trim();

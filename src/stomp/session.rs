@@ -626,6 +626,8 @@ impl Session {
         match kind {
             Kind::Fanout => {
                 self.shared.broker.publish(dest, &msg);
+                // Subscribers on other instances (a cluster relay only).
+                self.shared.chat.gateway.publish_topic(&msg).await;
             }
             Kind::Queue => {
                 if self.shared.broker.enqueue(dest, msg).is_err() {
@@ -697,6 +699,11 @@ impl Session {
             }
             (dest.clone(), kind)
         };
+        if is_generic_topic(&dest) {
+            // In place before the RECEIPT: a publication on another instance
+            // after it reaches this subscriber.
+            self.shared.chat.gateway.watch_topic(&dest).await;
+        }
         // The RECEIPT goes out before messages a queue was holding.
         if let Some(r) = frame.header(header::RECEIPT) {
             self.push(frames::receipt(self.conn.version(), r));
@@ -738,6 +745,9 @@ impl Session {
         self.shared
             .broker
             .unsubscribe(&sub.key, kind, &self.conn.id, id);
+        if is_generic_topic(&sub.destination) {
+            self.shared.chat.gateway.unwatch_topic(&sub.destination);
+        }
         let pending = self.conn.drain_pending(Some(id));
         if kind == Kind::Queue {
             let msgs = pending.into_iter().filter_map(|p| p.queued).collect();
@@ -1013,6 +1023,12 @@ impl Session {
         }
         self.conn.push_final([], 1000);
     }
+}
+
+/// A `/topic/…` destination the broker delivers (not a chat one); a
+/// cluster relay carries it between instances.
+fn is_generic_topic(dest: &str) -> bool {
+    dest.starts_with("/topic/") && !dest.starts_with("/topic/chat/")
 }
 
 fn destination_kind(dest: &str) -> Option<Kind> {

@@ -6,6 +6,7 @@
 pub mod kafka;
 pub mod pg;
 pub mod process;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::time::Duration;

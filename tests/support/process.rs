@@ -137,6 +137,36 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Registers `name` (password `password-<name>`) on the server at `http`;
+/// returns the user id and access token.
+pub async fn register(http: &str, name: &str) -> (String, String) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{http}/api/auth/register"))
+        .json(&serde_json::json!({"username": name, "password": format!("password-{name}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let v: serde_json::Value = res.json().await.unwrap();
+    (
+        v["user"]["id"].as_str().unwrap().to_owned(),
+        v["accessToken"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// `GET url` with a bearer token, answered with JSON.
+pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// `(http, stomp)` from a line like `... listening http=127.0.0.1:1 stomp=127.0.0.1:2`.
 pub fn parse_listening(line: &str) -> Option<(String, String)> {
     let line = strip_ansi(line);
