@@ -63,6 +63,28 @@ pub mod names {
     /// Counter: requests refused by a rate limit, label `kind` (`login`,
     /// `register`, `request_otp`, `verify_otp`, `stomp_connect`, …).
     pub const RATE_LIMITED: &str = "stompline_rate_limited_total";
+    /// Gauge: outbox rows not yet published and deleted (sampled by the
+    /// sweeper).
+    pub const OUTBOX_DEPTH: &str = "stompline_outbox_depth";
+    /// Gauge: records of the messages topic this instance's persister has
+    /// not committed yet, label `partition` (`bus = "kafka"`).
+    pub const KAFKA_CONSUMER_LAG: &str = "stompline_kafka_consumer_lag";
+    /// Gauge: the sum of [`KAFKA_CONSUMER_LAG`] over this instance's
+    /// partitions.
+    pub const KAFKA_CONSUMER_LAG_TOTAL: &str = "stompline_kafka_consumer_lag_total";
+    /// Counter: consumer-group rebalances seen, label `kind`
+    /// (`assign` | `revoke`).
+    pub const KAFKA_REBALANCES: &str = "stompline_kafka_rebalances_total";
+    /// Counter: records Kafka did not acknowledge (sends answered with an
+    /// error, domain events left in the outbox).
+    pub const KAFKA_PRODUCE_FAILURES: &str = "stompline_kafka_produce_failures_total";
+    /// Counter: Kafka clients replaced because they could not recover by
+    /// themselves (a broker that lost its state), label `client`
+    /// (`producer` | `consumer`).
+    pub const KAFKA_CLIENT_REBUILDS: &str = "stompline_kafka_client_rebuilds_total";
+    /// Counter: records of the messages topic that were not a readable send
+    /// command (skipped).
+    pub const KAFKA_MALFORMED: &str = "stompline_kafka_malformed_records_total";
     /// Counter: relay connections re-established after a loss, label
     /// `backend` (`redis` | `amqp`).
     pub const RELAY_RECONNECTS: &str = "stompline_relay_reconnects_total";
@@ -207,6 +229,41 @@ fn describe() {
         names::GAP_FILLS,
         Unit::Count,
         "Sequence gaps filled from the store."
+    );
+    describe_gauge!(
+        names::OUTBOX_DEPTH,
+        Unit::Count,
+        "Outbox rows not yet published."
+    );
+    describe_gauge!(
+        names::KAFKA_CONSUMER_LAG,
+        Unit::Count,
+        "Uncommitted records of the messages topic, by partition."
+    );
+    describe_gauge!(
+        names::KAFKA_CONSUMER_LAG_TOTAL,
+        Unit::Count,
+        "Uncommitted records of the messages topic on this instance's partitions."
+    );
+    describe_counter!(
+        names::KAFKA_REBALANCES,
+        Unit::Count,
+        "Consumer-group rebalances, by kind."
+    );
+    describe_counter!(
+        names::KAFKA_PRODUCE_FAILURES,
+        Unit::Count,
+        "Records Kafka did not acknowledge."
+    );
+    describe_counter!(
+        names::KAFKA_CLIENT_REBUILDS,
+        Unit::Count,
+        "Kafka clients replaced after they could not recover, by client."
+    );
+    describe_counter!(
+        names::KAFKA_MALFORMED,
+        Unit::Count,
+        "Unreadable records skipped on the messages topic."
     );
     describe_counter!(
         names::RELAY_RECONNECTS,

@@ -21,7 +21,7 @@ use crate::api::{self, ApiState};
 use crate::auth::limiter::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::auth::{Auth, AuthSettings, OtpSettings, RateLimits};
 use crate::broker::{Broker, Registry};
-use crate::bus::LocalBus;
+use crate::bus;
 use crate::chat::{events, Chat, Gateway};
 use crate::config::{Config, SharedStateKind};
 use crate::mail::{Courier, Retry, Senders};
@@ -111,12 +111,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     spawn_otp_sweeper(store.clone(), shutdown.clone());
     let metrics = crate::metrics::install();
 
-    // The message path: in-process bus; the relay `config.relay` selects.
+    // The message path: the bus `config.bus` selects (in-process, or Kafka
+    // with the domain-events topic) and the relay `config.relay` selects.
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
     let (relay, relay_inbox) = relay::connect(&config, shutdown.clone())
         .await
         .context("connecting the relay")?;
-    let (bus, consumer) = LocalBus::new(64 * 1024);
+    let bus::Connected {
+        bus,
+        consumer,
+        events,
+    } = bus::connect(&config)
+        .await
+        .with_context(|| format!("opening the {:?} message bus", config.bus))?;
+    // Read receipts and presence reach the events topic where they are
+    // published; outbox changes through the pipeline.
+    let relay: Arc<dyn relay::Relay> = match &events {
+        Some(sink) => bus::events::EventTee::new(relay, sink.clone()),
+        None => relay,
+    };
     let broker = Arc::new(Broker::new(config.stomp.queue_hold_max));
     let gateway_tasks = Gateway::build(
         instance_id.clone(),
@@ -127,12 +140,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let gateway = gateway_tasks.gateway().clone();
     gateway_tasks.spawn(relay_inbox, shutdown.clone());
     gateway.watch(events::instance_channel(&instance_id)).await;
-    let dispatcher = Dispatcher::new(store.clone(), relay.clone());
+    let dispatcher = Dispatcher::new(store.clone(), relay.clone(), events.clone());
+    let api_events = events.clone();
     tokio::spawn(dispatcher.clone().run(shutdown.clone()));
     let persister = tokio::spawn(run_persister(
         consumer,
         store.clone(),
         relay.clone(),
+        events,
         shutdown.clone(),
     ));
     let state = shared_state::open(&config, &instance_id)
@@ -144,7 +159,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("reading revoked sessions")?;
     let chat = Chat::new(
         store.clone(),
-        Arc::new(bus),
+        bus,
         relay.clone(),
         gateway,
         dispatcher,
@@ -196,6 +211,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         chat: shared.chat.clone(),
         presence: shared.presence.clone(),
         cookie_secure: config.auth.cookie_secure,
+        events: api_events,
         shared_state: state.redis.clone(),
     })
     .merge(

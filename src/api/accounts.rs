@@ -187,6 +187,16 @@ pub(super) async fn register(
             },
         )
         .await?;
+    if let Some(sink) = state.events.clone() {
+        // Best effort, like read receipts and presence: an account is not
+        // an outbox change.
+        let ev = crate::bus::DomainEvent::user_registered(&pair.user);
+        tokio::spawn(async move {
+            if let Err(e) = sink.emit(vec![ev]).await {
+                tracing::warn!(error = %e, "publishing user.registered failed");
+            }
+        });
+    }
     token_answer(&state, &headers, pair, req.session, StatusCode::CREATED)
 }
 

@@ -49,6 +49,8 @@ pub struct ApiState {
     pub presence: Arc<crate::presence::Presence>,
     /// Mark browser session cookies `Secure` even without TLS in front.
     pub cookie_secure: bool,
+    /// The domain-events topic, in a cluster (`user.registered`).
+    pub events: Option<Arc<dyn crate::bus::EventSink>>,
     /// Redis holding the shared state (`shared_state = "redis"`), checked
     /// by `/readyz`.
     pub shared_state: Option<crate::shared_state::RedisShared>,
