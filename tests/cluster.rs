@@ -2,13 +2,15 @@
 //! cluster relay: Redis pub/sub (`redis_…` tests) or a RabbitMQ topic
 //! exchange (`amqp_…` tests), each test with a key prefix / exchange of its
 //! own. The Redis clusters also keep shared state in Redis (presence answers
-//! the same on every instance). The bus is the default local one: each
-//! instance persists its own
-//! sends, and the store keeps `seq` gapless because it assigns it inside the
-//! transaction.
+//! the same on every instance). Every check runs on two buses: the default
+//! local one (each instance persists its own sends; the store keeps `seq`
+//! gapless because it assigns it inside the transaction) and Kafka
+//! (`kafka_…` tests: the three instances' persisters are one consumer group,
+//! so a send is often stored by another instance than the one that took it).
 //!
 //! Services come from `STOMPLINE_TEST_POSTGRES_URL`,
-//! `STOMPLINE_TEST_REDIS_URL` and `STOMPLINE_TEST_AMQP_URL`; an unreachable
+//! `STOMPLINE_TEST_REDIS_URL`, `STOMPLINE_TEST_AMQP_URL` and
+//! `STOMPLINE_TEST_KAFKA_BROKERS`; an unreachable
 //! one skips the test, or fails it under `STOMPLINE_REQUIRE_SERVICES=1`.
 
 mod support;
@@ -29,6 +31,15 @@ enum RelayKind {
     Amqp,
 }
 
+/// Which event log carries sends to the persisters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bus {
+    /// Each instance persists its own sends (one PostgreSQL database).
+    Local,
+    /// A Kafka topic keyed by conversation, one consumer group.
+    Kafka,
+}
+
 /// One instance's addresses.
 struct Node {
     http: String,
@@ -45,13 +56,14 @@ struct Cluster {
     /// The exchange (RabbitMQ relay only).
     exchange: Option<String>,
     http: reqwest::Client,
+    bus: Bus,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
     /// Starts three instances, or `None` when a service is unusable (and not
     /// required).
-    async fn start(kind: RelayKind, db: &PgDatabase) -> Option<Cluster> {
+    async fn start(kind: RelayKind, bus: Bus, db: &PgDatabase) -> Option<Cluster> {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let mut env: Vec<(String, String)> = vec![
             ("STOMPLINE_DATABASE_URL".into(), db.url.clone()),
@@ -62,6 +74,15 @@ impl Cluster {
             ),
             ("STOMPLINE_PRESENCE__OFFLINE_GRACE_MS".into(), "300".into()),
         ];
+        if bus == Bus::Kafka {
+            // The persister is one consumer group over the three instances.
+            let kafka = support::kafka::config(6)?;
+            env.push(("STOMPLINE_BUS".into(), "kafka".into()));
+            env.push(("STOMPLINE_KAFKA__BROKERS".into(), kafka.brokers));
+            env.push(("STOMPLINE_KAFKA__TOPIC_PREFIX".into(), kafka.topic_prefix));
+            env.push(("STOMPLINE_KAFKA__PARTITIONS".into(), "6".into()));
+            env.push(("STOMPLINE_KAFKA__GROUP_ID".into(), kafka.group_id));
+        }
         let mut redis = None;
         let mut exchange = None;
         match kind {
@@ -128,6 +149,7 @@ impl Cluster {
             redis_users,
             exchange,
             http: reqwest::Client::new(),
+            bus,
             _dirs: dirs,
         })
     }
@@ -319,10 +341,18 @@ where
     F: FnOnce(std::sync::Arc<Cluster>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    run_on(kind, Bus::Local, check).await;
+}
+
+async fn run_on<F, Fut>(kind: RelayKind, bus: Bus, check: F)
+where
+    F: FnOnce(std::sync::Arc<Cluster>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let Some(cluster) = Cluster::start(kind, &db).await else {
+    let Some(cluster) = Cluster::start(kind, bus, &db).await else {
         db.drop_database().await;
         return;
     };
@@ -357,6 +387,9 @@ async fn users_on_different_instances_converse(cluster: std::sync::Arc<Cluster>)
             .call(node, reqwest::Method::GET, "/readyz", None, None, 200)
             .await;
         assert_eq!(ready["checks"]["relay"], "ok", "{ready}");
+        if cluster.bus == Bus::Kafka {
+            assert_eq!(ready["checks"]["kafka"], "ok", "{ready}");
+        }
         assert_eq!(ready["checks"]["database"], "ok", "{ready}");
     }
     let mut alice = user(&cluster, 0, "alice").await;
@@ -767,7 +800,7 @@ async fn redis_a_lost_relay_connection_is_filled_from_the_store() {
 }
 
 macro_rules! on_both_relays {
-    ($($check:ident => $redis:ident, $amqp:ident;)*) => {$(
+    ($($check:ident => $redis:ident, $amqp:ident, $redis_kafka:ident, $amqp_kafka:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $redis() {
             run(RelayKind::Redis, $check).await;
@@ -777,13 +810,23 @@ macro_rules! on_both_relays {
         async fn $amqp() {
             run(RelayKind::Amqp, $check).await;
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis_kafka() {
+            run_on(RelayKind::Redis, Bus::Kafka, $check).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $amqp_kafka() {
+            run_on(RelayKind::Amqp, Bus::Kafka, $check).await;
+        }
     )*};
 }
 
 on_both_relays! {
-    users_on_different_instances_converse => redis_users_on_different_instances_converse, amqp_users_on_different_instances_converse;
-    a_removed_member_stops_receiving_on_another_instance => redis_a_removed_member_stops_receiving_on_another_instance, amqp_a_removed_member_stops_receiving_on_another_instance;
-    since_seq_resumes_on_another_instance => redis_since_seq_resumes_on_another_instance, amqp_since_seq_resumes_on_another_instance;
-    generic_topics_cross_instances => redis_generic_topics_cross_instances, amqp_generic_topics_cross_instances;
-    presence_crosses_instances => redis_presence_crosses_instances, amqp_presence_crosses_instances;
+    users_on_different_instances_converse => redis_users_on_different_instances_converse, amqp_users_on_different_instances_converse, kafka_redis_users_on_different_instances_converse, kafka_amqp_users_on_different_instances_converse;
+    a_removed_member_stops_receiving_on_another_instance => redis_a_removed_member_stops_receiving_on_another_instance, amqp_a_removed_member_stops_receiving_on_another_instance, kafka_redis_a_removed_member_stops_receiving_on_another_instance, kafka_amqp_a_removed_member_stops_receiving_on_another_instance;
+    since_seq_resumes_on_another_instance => redis_since_seq_resumes_on_another_instance, amqp_since_seq_resumes_on_another_instance, kafka_redis_since_seq_resumes_on_another_instance, kafka_amqp_since_seq_resumes_on_another_instance;
+    generic_topics_cross_instances => redis_generic_topics_cross_instances, amqp_generic_topics_cross_instances, kafka_redis_generic_topics_cross_instances, kafka_amqp_generic_topics_cross_instances;
+    presence_crosses_instances => redis_presence_crosses_instances, amqp_presence_crosses_instances, kafka_redis_presence_crosses_instances, kafka_amqp_presence_crosses_instances;
 }
