@@ -137,6 +137,39 @@ impl Drop for ServerProcess {
     }
 }
 
+/// [`ServerProcess::start`] from a blocking thread, for async tests.
+pub async fn spawn(data_dir: std::path::PathBuf, env: Vec<(String, String)>) -> ServerProcess {
+    tokio::task::spawn_blocking(move || {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        ServerProcess::start(&data_dir, &pairs)
+    })
+    .await
+    .expect("instance starts")
+}
+
+/// The whole history of conversation `cid` (`GET …/messages`, page by
+/// page), oldest first.
+pub async fn history(http: &str, token: &str, cid: &str) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let v = get_json(
+            &format!("http://{http}/api/conversations/{cid}/messages?after={after}&limit=100"),
+            token,
+        )
+        .await;
+        let items = v["items"].as_array().expect("history items").clone();
+        let n = items.len();
+        if let Some(last) = items.last() {
+            after = last["seq"].as_i64().expect("seq");
+        }
+        all.extend(items);
+        if n < 100 {
+            return all;
+        }
+    }
+}
+
 /// Registers `name` (password `password-<name>`) on the server at `http`;
 /// returns the user id and access token.
 pub async fn register(http: &str, name: &str) -> (String, String) {
