@@ -28,7 +28,13 @@ impl ServerProcess {
     /// an earlier run's data) and extra environment, and waits for its
     /// `listening` line.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stompline"));
+        // `STOMPLINE_TEST_SERVER_BIN` names another build of the binary
+        // (e.g. when several checkouts share one target directory, whose
+        // `debug/stompline` is whichever was linked last).
+        let bin = std::env::var_os("STOMPLINE_TEST_SERVER_BIN")
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_stompline").into());
+        let mut cmd = Command::new(bin);
         cmd.args([
             "serve",
             "--http-addr",
