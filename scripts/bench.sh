@@ -125,7 +125,10 @@ stompline_start() {
     # the per-connection inbound rate limit would throttle the max-rate
     # publisher, so it is off (RabbitMQ has none either). So is the per-user
     # chat rate (100 msg/s by default), which chat runs would measure instead.
+    # The load generator logs in thousands of sessions from one address, so
+    # the login rate limits are off too.
     STOMPLINE_STOMP__MAX_CONNECTIONS_PER_USER=200000 \
+        STOMPLINE_RATE_LIMIT__ENABLED=false \
         STOMPLINE_CHAT__RATE_PER_SEC=0 \
         STOMPLINE_STOMP__MAX_CONNECTIONS=200000 \
         STOMPLINE_STOMP__INBOUND_FRAMES_PER_SEC=0 \

@@ -14,18 +14,24 @@
 #   postgres  postgres://postgres@127.0.0.1:5432/postgres (trust auth)
 #   redis     redis://127.0.0.1:6379 (keeps nothing on disk)
 #   rabbitmq  amqp://guest:guest@127.0.0.1:5672/%2f
+#   kafka     127.0.0.1:9092: tansu, a Kafka-compatible broker, in memory
+#             (installed with `cargo install tansu` when not on PATH, which
+#             takes ~25 minutes once per machine; pid file and log under
+#             STOMPLINE_SERVICES_STATE, default /tmp/stompline-services)
 #
 # On a machine where the postgres role cannot log in over 127.0.0.1 without
 # a password, `start` adds loopback-only trust rules to pg_hba.conf when
 # CI=true or STOMPLINE_SERVICES_TRUST=1, and otherwise stops with the fix.
 set -euo pipefail
 
-# Later issues add redis, rabbitmq and kafka (tansu) here, each with its
-# <name>_start / <name>_check pair below.
-SERVICES=(postgres redis rabbitmq)
+# Each entry has its <name>_start / <name>_check pair below.
+SERVICES=(postgres redis rabbitmq kafka)
 
 PG_URL="${STOMPLINE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 REDIS_URL="${STOMPLINE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+KAFKA_ADDR="${STOMPLINE_TEST_KAFKA_BROKERS:-127.0.0.1:9092}"
+KAFKA_ADDR="${KAFKA_ADDR%%,*}"
+STATE_DIR="${STOMPLINE_SERVICES_STATE:-${TMPDIR:-/tmp}/stompline-services}"
 WAIT_SECS="${STOMPLINE_SERVICES_WAIT_SECS:-60}"
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -154,6 +160,56 @@ rabbitmq_start() {
     fi
 }
 
+# --- Kafka (tansu) -----------------------------------------------------------
+
+tansu_bin() {
+    command -v tansu 2>/dev/null && return 0
+    [ -x "$HOME/.cargo/bin/tansu" ] && echo "$HOME/.cargo/bin/tansu" && return 0
+    return 1
+}
+
+# A Kafka Metadata request (v1, no topics) answered with our correlation id
+# means the broker is serving, not just listening.
+kafka_metadata() {
+    local host=${KAFKA_ADDR%:*} port=${KAFKA_ADDR##*:} answer
+    answer=$(timeout 5 bash -c '
+        exec 3<>"/dev/tcp/$1/$2" || exit 1
+        printf "\x00\x00\x00\x13\x00\x03\x00\x01\x00\x00\x00\x2a\x00\x05check\x00\x00\x00\x00" >&3
+        head -c 8 <&3 | od -An -tx1' _ "$host" "$port") || return 1
+    [ "$(echo $answer)" != "" ] && [ "$(echo $answer | cut -d' ' -f5-8)" = "00 00 00 2a" ]
+}
+
+kafka_check() {
+    kafka_metadata
+}
+
+kafka_start() {
+    local bin
+    if ! bin=$(tansu_bin); then
+        command -v cargo >/dev/null || { log "cargo is needed to install tansu"; return 1; }
+        command -v gcc >/dev/null || apt_install gcc libc6-dev
+        log "installing tansu (cargo install tansu --locked --features dynostore; ~25 min once)"
+        cargo install tansu --locked --features dynostore >&2 || return 1
+        bin=$(tansu_bin) || return 1
+    fi
+    mkdir -p "$STATE_DIR"
+    local pidfile="$STATE_DIR/tansu.pid" url="tcp://$KAFKA_ADDR"
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        log "tansu (pid $(cat "$pidfile")) is running but not answering; restarting it"
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+        sleep 1
+    fi
+    log "starting tansu on $KAFKA_ADDR (log $STATE_DIR/tansu.log)"
+    # Without --features dynostore tansu has no storage engine and drops
+    # messages; memory:// keeps nothing across a restart, which the tests
+    # that restart a broker account for. Listener URLs are explicit: tansu
+    # binds 0.0.0.0 otherwise.
+    nohup "$bin" broker --listener-url "$url" --advertised-listener-url "$url" \
+        --storage-engine memory://tansu/ >>"$STATE_DIR/tansu.log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    wait_for "tansu" kafka_metadata
+}
+
 # --- main --------------------------------------------------------------------
 
 action=${1:-start}
@@ -161,7 +217,7 @@ action=${1:-start}
 case "$action" in
     start | check) ;;
     -h | --help)
-        sed -n '2,20p' "$0"
+        sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'
         exit 0
         ;;
     *)

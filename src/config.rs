@@ -65,6 +65,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Outgoing mail (one-time codes).
     pub mail: MailConfig,
+    /// Brute-force and abuse limits on logins, registrations and codes.
+    pub rate_limit: RateLimitConfig,
     /// Directory of the built web app, served at `/` (relative paths are
     /// relative to the working directory).
     pub web_dir: PathBuf,
@@ -195,6 +197,25 @@ pub struct AuthConfig {
     pub argon2_iterations: u32,
     /// argon2id lanes.
     pub argon2_parallelism: u32,
+    /// Lifetime of a one-time code, seconds.
+    pub otp_ttl_secs: u64,
+    /// Wrong guesses allowed per code; the next attempt fails even with the
+    /// right code.
+    pub otp_max_attempts: u32,
+    /// A new code for the same email or phone is sent at most this often,
+    /// seconds; requests in between answer 202 and send nothing.
+    pub otp_resend_secs: u64,
+    /// Codes sent per email or phone per hour; 0 = no cap.
+    pub otp_per_hour: u32,
+    /// Code requests per client IP per hour; beyond it 429. 0 = no cap.
+    pub otp_per_hour_per_ip: u32,
+    /// Mark the browser session cookies `Secure` even when the request did
+    /// not arrive over TLS (`X-Forwarded-Proto: https` sets it anyway).
+    pub cookie_secure: bool,
+    /// Origins (`https://chat.example.org`) allowed to use the session
+    /// cookie on the WebSocket upgrade and to call the API cross-origin
+    /// (CORS). The server's own origin is always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[stomp]`
@@ -284,6 +305,40 @@ pub struct MailConfig {
     pub smtp_url: String,
     /// Sender address of outgoing mail.
     pub from: String,
+    /// Phone codes by email-to-SMS gateway: an address template in which
+    /// `{phone}` becomes the number's digits (`{phone}@sms.example.net`).
+    pub sms_gateway: String,
+    /// Phone codes by HTTP webhook: JSON `{"to","text"}` is POSTed here.
+    /// Takes precedence over `sms_gateway`.
+    pub sms_webhook_url: String,
+    /// Delivery attempts per message before it is given up.
+    pub retry_attempts: u32,
+    /// Delay before the first retry, milliseconds; doubles per attempt.
+    pub retry_backoff_ms: u64,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Whether the limits below apply at all.
+    pub enabled: bool,
+    /// Length of the sliding window, seconds.
+    pub window_secs: u64,
+    /// Requests per client IP per window, counted per action (register,
+    /// login, request-otp, verify-otp, STOMP CONNECT with a password).
+    pub per_ip: u32,
+    /// Failed attempts per account (login name, email or phone) per window
+    /// before further attempts answer 429 until the window moves on.
+    pub per_account: u32,
+    /// Failed logins of one account within the window answered without
+    /// delay; after that each answer waits longer.
+    pub failure_delay_after: u32,
+    /// First delay after `failure_delay_after` failures, milliseconds;
+    /// doubles per further failure.
+    pub failure_delay_ms: u64,
+    /// Longest delay, milliseconds.
+    pub failure_delay_max_ms: u64,
 }
 
 /// Which storage backend `database_url` selects.
@@ -311,6 +366,7 @@ impl Default for Config {
             chat: ChatConfig::default(),
             presence: PresenceConfig::default(),
             mail: MailConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             web_dir: PathBuf::from("client-js/web/dist"),
             bus: BusKind::Local,
             relay: RelayKind::Local,
@@ -368,6 +424,13 @@ impl Default for AuthConfig {
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            otp_ttl_secs: 300,
+            otp_max_attempts: 5,
+            otp_resend_secs: 60,
+            otp_per_hour: 5,
+            otp_per_hour_per_ip: 20,
+            cookie_secure: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -423,6 +486,24 @@ impl Default for MailConfig {
         MailConfig {
             smtp_url: String::new(),
             from: "stompline@localhost".into(),
+            sms_gateway: String::new(),
+            sms_webhook_url: String::new(),
+            retry_attempts: 5,
+            retry_backoff_ms: 1000,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            window_secs: 60,
+            per_ip: 30,
+            per_account: 10,
+            failure_delay_after: 3,
+            failure_delay_ms: 250,
+            failure_delay_max_ms: 4000,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod mail;
 pub mod metrics;
 pub mod pipeline;
 pub mod presence;

@@ -51,6 +51,40 @@ pub mod names {
     pub const RELAY_PUBLISH_FAILURES: &str = "stompline_relay_publish_failures_total";
     /// Counter: sequence gaps filled from the store by a gateway.
     pub const GAP_FILLS: &str = "stompline_gap_fills_total";
+    /// Counter: mail and SMS delivered, label `channel` (`smtp`,
+    /// `sms_webhook`, `mailbox`).
+    pub const MAIL_SENT: &str = "stompline_mail_sent_total";
+    /// Counter: deliveries given up after every attempt failed, label
+    /// `channel`.
+    pub const MAIL_FAILED: &str = "stompline_mail_failed_total";
+    /// Counter: delivery attempts that failed and were retried, label
+    /// `channel`.
+    pub const MAIL_RETRIED: &str = "stompline_mail_retried_total";
+    /// Counter: requests refused by a rate limit, label `kind` (`login`,
+    /// `register`, `request_otp`, `verify_otp`, `stomp_connect`, …).
+    pub const RATE_LIMITED: &str = "stompline_rate_limited_total";
+    /// Gauge: outbox rows not yet published and deleted (sampled by the
+    /// sweeper).
+    pub const OUTBOX_DEPTH: &str = "stompline_outbox_depth";
+    /// Gauge: records of the messages topic this instance's persister has
+    /// not committed yet, label `partition` (`bus = "kafka"`).
+    pub const KAFKA_CONSUMER_LAG: &str = "stompline_kafka_consumer_lag";
+    /// Gauge: the sum of [`KAFKA_CONSUMER_LAG`] over this instance's
+    /// partitions.
+    pub const KAFKA_CONSUMER_LAG_TOTAL: &str = "stompline_kafka_consumer_lag_total";
+    /// Counter: consumer-group rebalances seen, label `kind`
+    /// (`assign` | `revoke`).
+    pub const KAFKA_REBALANCES: &str = "stompline_kafka_rebalances_total";
+    /// Counter: records Kafka did not acknowledge (sends answered with an
+    /// error, domain events left in the outbox).
+    pub const KAFKA_PRODUCE_FAILURES: &str = "stompline_kafka_produce_failures_total";
+    /// Counter: Kafka clients replaced because they could not recover by
+    /// themselves (a broker that lost its state), label `client`
+    /// (`producer` | `consumer`).
+    pub const KAFKA_CLIENT_REBUILDS: &str = "stompline_kafka_client_rebuilds_total";
+    /// Counter: records of the messages topic that were not a readable send
+    /// command (skipped).
+    pub const KAFKA_MALFORMED: &str = "stompline_kafka_malformed_records_total";
     /// Counter: relay connections re-established after a loss, label
     /// `backend` (`redis` | `amqp`).
     pub const RELAY_RECONNECTS: &str = "stompline_relay_reconnects_total";
@@ -72,6 +106,8 @@ pub mod labels {
     pub const REASON: &str = "reason";
     /// Which protocol error or limit.
     pub const KIND: &str = "kind";
+    /// Mail delivery channel.
+    pub const CHANNEL: &str = "channel";
     /// Which relay backend.
     pub const BACKEND: &str = "backend";
 }
@@ -194,6 +230,41 @@ fn describe() {
         Unit::Count,
         "Sequence gaps filled from the store."
     );
+    describe_gauge!(
+        names::OUTBOX_DEPTH,
+        Unit::Count,
+        "Outbox rows not yet published."
+    );
+    describe_gauge!(
+        names::KAFKA_CONSUMER_LAG,
+        Unit::Count,
+        "Uncommitted records of the messages topic, by partition."
+    );
+    describe_gauge!(
+        names::KAFKA_CONSUMER_LAG_TOTAL,
+        Unit::Count,
+        "Uncommitted records of the messages topic on this instance's partitions."
+    );
+    describe_counter!(
+        names::KAFKA_REBALANCES,
+        Unit::Count,
+        "Consumer-group rebalances, by kind."
+    );
+    describe_counter!(
+        names::KAFKA_PRODUCE_FAILURES,
+        Unit::Count,
+        "Records Kafka did not acknowledge."
+    );
+    describe_counter!(
+        names::KAFKA_CLIENT_REBUILDS,
+        Unit::Count,
+        "Kafka clients replaced after they could not recover, by client."
+    );
+    describe_counter!(
+        names::KAFKA_MALFORMED,
+        Unit::Count,
+        "Unreadable records skipped on the messages topic."
+    );
     describe_counter!(
         names::RELAY_RECONNECTS,
         Unit::Count,
@@ -213,6 +284,26 @@ fn describe() {
         names::LIMITS_HIT,
         Unit::Count,
         "Configured limits reached, by kind."
+    );
+    describe_counter!(
+        names::MAIL_SENT,
+        Unit::Count,
+        "Mail and SMS delivered, by channel."
+    );
+    describe_counter!(
+        names::MAIL_FAILED,
+        Unit::Count,
+        "Deliveries given up after every attempt failed, by channel."
+    );
+    describe_counter!(
+        names::MAIL_RETRIED,
+        Unit::Count,
+        "Delivery attempts that failed and were retried, by channel."
+    );
+    describe_counter!(
+        names::RATE_LIMITED,
+        Unit::Count,
+        "Requests refused by a rate limit, by kind."
     );
 }
 

@@ -15,13 +15,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
 use crate::api::{self, ApiState};
-use crate::auth::{Auth, AuthSettings};
+use crate::auth::limiter::{Limiter, MemoryLimiter, RedisLimiter};
+use crate::auth::{Auth, AuthSettings, OtpSettings, RateLimits};
 use crate::broker::{Broker, Registry};
-use crate::bus::LocalBus;
+use crate::bus;
 use crate::chat::{events, Chat, Gateway};
-use crate::config::Config;
+use crate::config::{Config, SharedStateKind};
+use crate::mail::{Courier, Retry, Senders};
 use crate::pipeline::{run_persister, Dispatcher};
 use crate::presence::Presence;
 use crate::relay;
@@ -70,6 +73,17 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let store = open_store(&config).await?;
+    let shutdown = CancellationToken::new();
+    let senders = Senders::from_config(&config).context("setting up mail delivery")?;
+    let courier = Courier::start(senders, Retry::from_config(&config.mail), shutdown.clone());
+    let limiter: Arc<dyn Limiter> = match config.shared_state {
+        SharedStateKind::Memory => Arc::new(MemoryLimiter::new()),
+        SharedStateKind::Redis => Arc::new(
+            RedisLimiter::new(&config.redis.url, &config.redis.key_prefix)
+                .context("setting up the Redis rate limiter")?,
+        ),
+    };
+    let limits = RateLimits::new(limiter, config.rate_limit.clone());
     let auth = Arc::new(
         Auth::new(
             AuthSettings {
@@ -80,22 +94,44 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 argon2_memory_kib: config.auth.argon2_memory_kib,
                 argon2_iterations: config.auth.argon2_iterations,
                 argon2_parallelism: config.auth.argon2_parallelism,
+                otp: OtpSettings {
+                    ttl: Duration::from_secs(config.auth.otp_ttl_secs),
+                    max_attempts: config.auth.otp_max_attempts,
+                    resend: Duration::from_secs(config.auth.otp_resend_secs),
+                    per_hour: config.auth.otp_per_hour,
+                    per_hour_per_ip: config.auth.otp_per_hour_per_ip,
+                },
             },
             store.clone(),
         )
-        .context("setting up authentication")?,
+        .context("setting up authentication")?
+        .with_rate_limits(limits)
+        .with_courier(courier),
     );
+    spawn_otp_sweeper(store.clone(), shutdown.clone());
     let metrics = crate::metrics::install();
-    let shutdown = CancellationToken::new();
 
-    // The message path: in-process bus; the relay `config.relay` selects.
+    // The message path: the bus `config.bus` selects (in-process, or Kafka
+    // with the domain-events topic) and the relay `config.relay` selects.
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
     let (relay, relay_inbox) = relay::connect(&config, shutdown.clone())
         .await
         .context("connecting the relay")?;
     let (relay, relay_inbox) =
         relay::loop_back(relay, relay_inbox, events::instance_channel(&instance_id));
-    let (bus, consumer) = LocalBus::new(64 * 1024);
+    let bus::Connected {
+        bus,
+        consumer,
+        events,
+    } = bus::connect(&config)
+        .await
+        .with_context(|| format!("opening the {:?} message bus", config.bus))?;
+    // Read receipts and presence reach the events topic where they are
+    // published; outbox changes through the pipeline.
+    let relay: Arc<dyn relay::Relay> = match &events {
+        Some(sink) => bus::events::EventTee::new(relay, sink.clone()),
+        None => relay,
+    };
     let broker = Arc::new(Broker::new(config.stomp.queue_hold_max));
     let gateway_tasks = Gateway::build(
         instance_id.clone(),
@@ -106,12 +142,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let gateway = gateway_tasks.gateway().clone();
     gateway_tasks.spawn(relay_inbox, shutdown.clone());
     gateway.watch(events::instance_channel(&instance_id)).await;
-    let dispatcher = Dispatcher::new(store.clone(), relay.clone());
+    let dispatcher = Dispatcher::new(store.clone(), relay.clone(), events.clone());
+    let api_events = events.clone();
     tokio::spawn(dispatcher.clone().run(shutdown.clone()));
     let persister = tokio::spawn(run_persister(
         consumer,
         store.clone(),
         relay.clone(),
+        events,
         shutdown.clone(),
     ));
     let state = shared_state::open(&config, &instance_id)
@@ -123,7 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("reading revoked sessions")?;
     let chat = Chat::new(
         store.clone(),
-        Arc::new(bus),
+        bus,
         relay.clone(),
         gateway,
         dispatcher,
@@ -174,6 +212,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: Some(metrics),
         chat: shared.chat.clone(),
         presence: shared.presence.clone(),
+        cookie_secure: config.auth.cookie_secure,
+        events: api_events,
         shared_state: state.redis.clone(),
     })
     .merge(
@@ -186,6 +226,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }),
     )
     .fallback_service(crate::web::service(&config.web_dir));
+    let router = api::security::protect(router, &config.auth.allowed_origins);
 
     let http = TcpListener::bind(config.http_socket_addr())
         .await
@@ -297,7 +338,17 @@ async fn accept_http(
             break;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers read the peer address (rate limits per IP) from here.
+        let peer = stream.peer_addr().ok();
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                if let Some(peer) = peer {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
+                req
+            },
+        ));
         let mut conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -344,6 +395,23 @@ async fn accept_stomp(
             }
         }
     }
+}
+
+/// Deletes expired one-time codes every ten minutes.
+fn spawn_otp_sweeper(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = store.delete_expired_otps(store::now()).await {
+                        tracing::warn!(error = %e, "deleting expired one-time codes failed");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Periodic chat work: ending typing indicators nobody renewed, and the

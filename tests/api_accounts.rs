@@ -52,6 +52,8 @@ impl TestServer {
             metrics: None,
             chat: shared.chat.clone(),
             presence: shared.presence.clone(),
+            cookie_secure: false,
+            events: None,
             shared_state: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

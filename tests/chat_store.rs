@@ -1190,7 +1190,9 @@ async fn outbox_due_claims_and_delete(store: Arc<dyn Store>) {
     assert_eq!(second.iter().map(|r| r.id).collect::<Vec<_>>(), ids[2..]);
     assert!(store.outbox_due(later, 10).await.unwrap().is_empty());
 
+    assert_eq!(store.outbox_depth().await.unwrap(), 3);
     store.outbox_delete(vec![ids[0], ids[2]]).await.unwrap();
+    assert_eq!(store.outbox_depth().await.unwrap(), 1);
     store.outbox_delete(vec![]).await.unwrap();
     store.outbox_delete(vec![ids[0]]).await.unwrap();
     assert!(store.outbox_due(later, 10).await.unwrap().is_empty());

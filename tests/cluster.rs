@@ -1,7 +1,9 @@
 //! Three `stompline` processes sharing one fresh PostgreSQL database and a
 //! cluster relay: Redis pub/sub (`redis_…` tests) or a RabbitMQ topic
 //! exchange (`amqp_…` tests), each test with a key prefix / exchange of its
-//! own. The bus is the default local one: each instance persists its own
+//! own. The Redis clusters also keep shared state in Redis (presence answers
+//! the same on every instance). The bus is the default local one: each
+//! instance persists its own
 //! sends, and the store keeps `seq` gapless because it assigns it inside the
 //! transaction.
 //!
@@ -38,7 +40,8 @@ struct Cluster {
     processes: Vec<ServerProcess>,
     /// Admin connection and each instance's ACL user (Redis relay only).
     redis: Option<redis::aio::MultiplexedConnection>,
-    redis_users: Vec<String>,
+    /// Each instance's Redis ACL user and password.
+    redis_users: Vec<(String, String)>,
     /// The exchange (RabbitMQ relay only).
     exchange: Option<String>,
     http: reqwest::Client,
@@ -65,6 +68,8 @@ impl Cluster {
             RelayKind::Redis => {
                 redis = Some(services::redis_admin().await?);
                 env.push(("STOMPLINE_RELAY".into(), "redis".into()));
+                // Presence, typing, revocations and rate limits shared too.
+                env.push(("STOMPLINE_SHARED_STATE".into(), "redis".into()));
                 env.push((
                     "STOMPLINE_REDIS__KEY_PREFIX".into(),
                     format!("clustertest:{unique}:"),
@@ -94,9 +99,10 @@ impl Cluster {
                 // An ACL user per instance, so a test can kill exactly one
                 // instance's Redis connections.
                 let user = format!("clustertest_{unique}_{i}");
-                let url = services::redis_url_as(admin, &user).await;
+                let password = uuid::Uuid::new_v4().simple().to_string();
+                let url = services::redis_url_as(admin, &user, &password).await;
                 env.push(("STOMPLINE_REDIS__URL".into(), url));
-                redis_users.push(user);
+                redis_users.push((user, password));
             }
             let p = support::process::spawn(path, env).await;
             dirs.push(dir);
@@ -189,11 +195,43 @@ impl Cluster {
         let killed: i64 = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("USER")
-            .arg(&self.redis_users[node])
+            .arg(&self.redis_users[node].0)
             .query_async(&mut admin)
             .await
             .expect("CLIENT KILL USER");
         assert!(killed > 0, "instance {node} had no Redis connection");
+    }
+
+    /// Takes instance `node`'s Redis login away (closing its connections),
+    /// or gives it back.
+    async fn redis_login(&self, node: usize, allowed: bool) {
+        let mut admin = self.redis.clone().expect("a Redis cluster");
+        let (user, password) = &self.redis_users[node];
+        if allowed {
+            services::redis_url_as(&mut admin, user, password).await;
+        } else {
+            services::redis_drop_user(&mut admin, user).await;
+        }
+    }
+
+    /// Polls instance `node`'s `/readyz` until it answers `status`; returns
+    /// the body.
+    async fn readyz_becomes(&self, node: usize, status: u16) -> Value {
+        let url = format!("http://{}/readyz", self.nodes[node].http);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let res = self.http.get(&url).send().await.expect("readyz request");
+            let got = res.status().as_u16();
+            let body: Value = res.json().await.expect("readyz json");
+            if got == status {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "readyz stayed {got}: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// Instance `node`'s `/metrics` text.
@@ -288,7 +326,7 @@ where
         eprintln!("{}", cluster.logs());
     }
     if let Some(mut admin) = cluster.redis.clone() {
-        for u in &cluster.redis_users {
+        for (u, _) in &cluster.redis_users {
             services::redis_drop_user(&mut admin, u).await;
         }
     }
@@ -599,6 +637,22 @@ async fn presence_crosses_instances(cluster: std::sync::Arc<Cluster>) {
     let p = next_event(&mut bob.client, "p", "presence").await;
     assert_eq!(json_body(&p)["userId"], alice_id.as_str());
     assert_eq!(json_body(&p)["status"], "online");
+    if cluster.redis.is_some() {
+        // With shared state, every instance answers the same.
+        for node in [1, 2] {
+            let v = cluster
+                .call(
+                    node,
+                    reqwest::Method::GET,
+                    &format!("/api/presence?userIds={alice_id}"),
+                    Some(&bob.token),
+                    None,
+                    200,
+                )
+                .await;
+            assert_eq!(v["items"][0]["status"], "online", "{v}");
+        }
+    }
     drop(alice);
     let p = next_event(&mut bob.client, "p", "presence").await;
     assert_eq!(json_body(&p)["userId"], alice_id.as_str());
@@ -647,6 +701,54 @@ async fn a_lost_relay_connection_is_filled_from_the_store(cluster: std::sync::Ar
         "{text}"
     );
     assert!(text.contains("stompline_relay_resyncs_total"), "{text}");
+}
+
+/// While an instance cannot reach Redis, its `/readyz` answers 503 naming
+/// the relay (the others stay ready); once Redis lets it back in, it
+/// reconnects by itself, is ready again and delivers again.
+async fn readyz_follows_the_relay_connection(cluster: std::sync::Arc<Cluster>) {
+    let mut reader = user(&cluster, 1, "ready_reader").await;
+    let mut writer = user(&cluster, 0, "ready_writer").await;
+    let cid = cluster
+        .conversation(
+            0,
+            &writer.token,
+            json!({"type": "direct", "memberIds": [reader.id]}),
+        )
+        .await;
+    reader
+        .client
+        .subscribe("c", &format!("/topic/chat/{cid}"), "auto")
+        .await;
+
+    cluster.redis_login(1, false).await;
+    let body = cluster.readyz_becomes(1, 503).await;
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
+    assert!(
+        body["checks"]["relay"].as_str().is_some_and(|r| r != "ok"),
+        "{body}"
+    );
+    assert_eq!(
+        cluster.readyz_becomes(0, 200).await["checks"]["relay"],
+        "ok"
+    );
+    chat_send(&mut writer.client, &cid, "while away", "r1").await;
+
+    cluster.redis_login(1, true).await;
+    let body = cluster.readyz_becomes(1, 200).await;
+    assert_eq!(body["checks"]["relay"], "ok", "{body}");
+    let m = next_on(&mut reader.client, "c").await;
+    assert_eq!(
+        (seq(&m), json_body(&m)["body"].clone()),
+        (1, json!("while away"))
+    );
+    chat_send(&mut writer.client, &cid, "back", "r2").await;
+    assert_eq!(seq(&next_on(&mut reader.client, "c").await), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_readyz_follows_the_relay_connection() {
+    run(RelayKind::Redis, readyz_follows_the_relay_connection).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ impl Backend {
         // A user of its own, so killing "this test's connections" cannot
         // touch a test running beside it.
         let user = format!("relaytest_{}", unique());
-        let url = services::redis_url_as(&mut admin, &user).await;
+        let url = services::redis_url_as(&mut admin, &user, &unique()).await;
         let config = RedisConfig {
             url,
             key_prefix: format!("relaytest:{}:", unique()),

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stompline::store::{
-    self, NewRefreshToken, NewUser, RefreshToken, Session, Store, StoreError, User,
+    self, NewRefreshToken, NewUser, OtpCode, RefreshToken, Session, Store, StoreError, User,
+    UserChanges,
 };
 use time::OffsetDateTime;
 
@@ -35,6 +36,9 @@ on_both_backends! {
     revoking_a_family_spares_other_families => sqlite_revoke_family, pg_revoke_family;
     revoking_a_session_revokes_its_tokens => sqlite_revoke_session, pg_revoke_session;
     references_are_enforced => sqlite_references_are_enforced, pg_references_are_enforced;
+    otp_codes_round_trip_count_and_spend_once => sqlite_otp_codes, pg_otp_codes;
+    concurrent_otp_spends_have_one_winner => sqlite_concurrent_otp_spends, pg_concurrent_otp_spends;
+    users_change_and_other_sessions_are_revoked => sqlite_user_changes, pg_user_changes;
 }
 
 // ---------------------------------------------------------------------------
@@ -478,4 +482,161 @@ fn database_name_is_replaced_in_urls() {
         pg::with_database("postgres://h:5432", "t1"),
         "postgres://h:5432/t1"
     );
+}
+
+// ---------------------------------------------------------------------------
+// One-time codes and account changes
+
+fn otp(key: &str, hash: &str, ttl_secs: i64) -> OtpCode {
+    let now = store::now();
+    OtpCode {
+        key: key.to_string(),
+        code_hash: hash.to_string(),
+        target: None,
+        attempts: 0,
+        created_at: now,
+        expires_at: now + time::Duration::seconds(ttl_secs),
+    }
+}
+
+async fn otp_codes_round_trip_count_and_spend_once(store: Arc<dyn Store>) {
+    assert_eq!(store.otp("login:email:a@x.org").await.unwrap(), None);
+    assert_eq!(
+        store
+            .count_otp_attempt("login:email:a@x.org")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let mut code = otp("login:email:a@x.org", "h1", 300);
+    code.target = Some("new@x.org".into());
+    store.put_otp(code.clone()).await.unwrap();
+    assert_eq!(store.otp(&code.key).await.unwrap(), Some(code.clone()));
+    for n in 1..=3 {
+        assert_eq!(store.count_otp_attempt(&code.key).await.unwrap(), Some(n));
+    }
+    assert_eq!(store.otp(&code.key).await.unwrap().unwrap().attempts, 3);
+
+    // A new code replaces the old one and starts its attempts again.
+    let replacement = otp("login:email:a@x.org", "h2", 300);
+    store.put_otp(replacement.clone()).await.unwrap();
+    assert_eq!(store.otp(&code.key).await.unwrap(), Some(replacement));
+    assert!(!store.consume_otp(&code.key, "h1").await.unwrap());
+    assert!(store.consume_otp(&code.key, "h2").await.unwrap());
+    assert!(!store.consume_otp(&code.key, "h2").await.unwrap());
+    assert_eq!(store.otp(&code.key).await.unwrap(), None);
+
+    // Expired codes are swept; live ones stay.
+    store.put_otp(otp("old", "h", -10)).await.unwrap();
+    store.put_otp(otp("live", "h", 300)).await.unwrap();
+    assert_eq!(store.delete_expired_otps(store::now()).await.unwrap(), 1);
+    assert!(store.otp("old").await.unwrap().is_none());
+    assert!(store.otp("live").await.unwrap().is_some());
+}
+
+async fn concurrent_otp_spends_have_one_winner(store: Arc<dyn Store>) {
+    store.put_otp(otp("race", "h", 300)).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.consume_otp("race", "h").await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn users_change_and_other_sessions_are_revoked(store: Arc<dyn Store>) {
+    let (user, first) = user_with_session(store.as_ref(), "changer").await;
+    let mut phone_user = new_user("phoner", None);
+    phone_user.phone = Some("+15551234567".into());
+    phone_user.password_hash = None;
+    let phone_user = store.create_user(phone_user).await.unwrap();
+    assert_eq!(
+        store.user_by_phone("+15551234567").await.unwrap(),
+        Some(phone_user.clone())
+    );
+    assert_eq!(store.user_by_phone("+15550000000").await.unwrap(), None);
+
+    let updated = store
+        .update_user(
+            &user.id,
+            UserChanges {
+                display_name: Some("New Name".into()),
+                email: Some("Changer@Example.org".into()),
+                password_hash: Some("$argon2id$new".into()),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.display_name, "New Name");
+    assert_eq!(updated.email.as_deref(), Some("Changer@Example.org"));
+    assert_eq!(updated.password_hash.as_deref(), Some("$argon2id$new"));
+    assert_eq!(
+        store.user_by_email("changer@example.org").await.unwrap(),
+        Some(updated)
+    );
+    assert!(matches!(
+        store
+            .update_user(
+                &phone_user.id,
+                UserChanges {
+                    email: Some("CHANGER@example.org".into()),
+                    ..Default::default()
+                },
+            )
+            .await,
+        Err(StoreError::Conflict { field }) if field == "email"
+    ));
+    assert_eq!(
+        store
+            .update_user("no-such-user", UserChanges::default())
+            .await
+            .unwrap(),
+        None
+    );
+
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let s = Session {
+            id: store::new_id(),
+            user_id: user.id.clone(),
+            created_at: store::now(),
+            revoked_at: None,
+        };
+        store.create_session(s.clone()).await.unwrap();
+        store
+            .insert_refresh_token(new_token(&s, &store::new_id(), &s.id))
+            .await
+            .unwrap();
+        others.push(s.id);
+    }
+    let mut revoked = store
+        .revoke_other_sessions(&user.id, Some(&first.id), store::now())
+        .await
+        .unwrap();
+    revoked.sort();
+    others.sort();
+    assert_eq!(revoked, others);
+    assert!(store
+        .session_by_id(&first.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    for id in &others {
+        assert!(token(store.as_ref(), id).await.revoked_at.is_some());
+    }
+    assert!(store
+        .revoke_other_sessions(&user.id, Some(&first.id), store::now())
+        .await
+        .unwrap()
+        .is_empty());
 }

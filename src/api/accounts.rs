@@ -3,14 +3,15 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
+use super::client::{self, ClientIp};
 use super::error::{ApiError, Json};
 use super::ApiState;
-use crate::auth::{Principal, Registration, TokenPair};
+use crate::auth::{Principal, Registration, TokenPair, CSRF_COOKIE, SESSION_COOKIE};
 use crate::store::User;
 
 /// The public view of an account.
@@ -61,6 +62,9 @@ pub struct TokenResponse {
     pub refresh_token: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
+    /// With `"session": true`: the CSRF token to echo in `X-CSRF-Token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
 }
 
 impl From<TokenPair> for TokenResponse {
@@ -70,6 +74,58 @@ impl From<TokenPair> for TokenResponse {
             access_token: pair.access_token,
             refresh_token: pair.refresh_token,
             expires_in: pair.expires_in,
+            csrf_token: None,
+        }
+    }
+}
+
+/// One `Set-Cookie` value.
+fn set_cookie(name: &str, value: &str, max_age: u64, http_only: bool, secure: bool) -> String {
+    let mut c = format!("{name}={value}; Path=/; SameSite=Lax; Max-Age={max_age}");
+    if http_only {
+        c.push_str("; HttpOnly");
+    }
+    if secure {
+        c.push_str("; Secure");
+    }
+    c
+}
+
+/// The token answer; with `session`, also the browser session cookies and
+/// `csrfToken`.
+pub(super) fn token_answer(
+    state: &ApiState,
+    headers: &HeaderMap,
+    pair: TokenPair,
+    session: bool,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    if !session {
+        return Ok((status, Json(TokenResponse::from(pair))).into_response());
+    }
+    let browser = state.auth.browser_session(&pair)?;
+    let secure = state.cookie_secure || client::behind_tls(headers);
+    let max_age = browser.max_age.as_secs();
+    let mut body = TokenResponse::from(pair);
+    body.csrf_token = Some(browser.csrf.clone());
+    let mut response = (status, Json(body)).into_response();
+    for cookie in [
+        set_cookie(SESSION_COOKIE, &browser.token, max_age, true, secure),
+        set_cookie(CSRF_COOKIE, &browser.csrf, max_age, false, secure),
+    ] {
+        let value = cookie
+            .parse()
+            .map_err(|e| ApiError::Internal(format!("cookie header: {e}")))?;
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+/// Headers that remove the browser session cookies.
+fn clear_cookies(response: &mut Response) {
+    for name in [SESSION_COOKIE, CSRF_COOKIE] {
+        if let Ok(value) = set_cookie(name, "", 0, name == SESSION_COOKIE, false).parse() {
+            response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
 }
@@ -83,6 +139,8 @@ pub(super) struct RegisterRequest {
     email: Option<String>,
     #[serde(default)]
     display_name: Option<String>,
+    #[serde(default)]
+    session: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +150,9 @@ pub(super) struct LoginRequest {
     #[serde(default)]
     email: Option<String>,
     password: String,
+    /// Also start a browser session (cookies + CSRF token).
+    #[serde(default)]
+    session: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,32 +171,49 @@ struct LogoutRequest {
 /// `POST /api/auth/register` → 201.
 pub(super) async fn register(
     State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     Json(req): Json<RegisterRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let pair = state
         .auth
-        .register(Registration {
-            username: req.username,
-            password: req.password,
-            email: req.email.filter(|e| !e.trim().is_empty()),
-            display_name: req.display_name,
-        })
+        .register_from(
+            ip,
+            Registration {
+                username: req.username,
+                password: req.password,
+                email: req.email.filter(|e| !e.trim().is_empty()),
+                display_name: req.display_name,
+            },
+        )
         .await?;
-    Ok((StatusCode::CREATED, Json(TokenResponse::from(pair))))
+    if let Some(sink) = state.events.clone() {
+        // Best effort, like read receipts and presence: an account is not
+        // an outbox change.
+        let ev = crate::bus::DomainEvent::user_registered(&pair.user);
+        tokio::spawn(async move {
+            if let Err(e) = sink.emit(vec![ev]).await {
+                tracing::warn!(error = %e, "publishing user.registered failed");
+            }
+        });
+    }
+    token_answer(&state, &headers, pair, req.session, StatusCode::CREATED)
 }
 
 /// `POST /api/auth/login` → 200.
 pub(super) async fn login(
     State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     Json(req): Json<LoginRequest>,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let login = req
         .username
         .or(req.email)
         .filter(|l| !l.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("invalid_request", "username or email is required"))?;
-    let pair = state.auth.login(&login, &req.password).await?;
-    Ok(Json(pair.into()))
+    let pair = state.auth.login_from(ip, &login, &req.password).await?;
+    token_answer(&state, &headers, pair, req.session, StatusCode::OK)
 }
 
 /// `POST /api/auth/refresh` → 200 with a new pair.
@@ -148,13 +226,23 @@ pub(super) async fn refresh(
 }
 
 /// `POST /api/auth/logout` → 204. The session is named by the bearer token,
-/// or by `{"refreshToken"}` in the body (which works after the access token
+/// by the session cookie (with `X-CSRF-Token`; the cookies are cleared), or
+/// by `{"refreshToken"}` in the body (which works after the access token
 /// expired).
 pub(super) async fn logout(
     State(state): State<ApiState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
+    if bearer_token(&headers).is_none() && client::cookie(&headers, SESSION_COOKIE).is_some() {
+        let principal = cookie_principal(&state, &Method::POST, &headers).await?;
+        if let Some(sid) = principal.session_id {
+            state.auth.logout(&sid).await?;
+        }
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        clear_cookies(&mut response);
+        return Ok(response);
+    }
     let bearer = match bearer_token(&headers) {
         Some(token) => Some(state.auth.verify_access_token(token?)),
         None => None,
@@ -179,7 +267,7 @@ pub(super) async fn logout(
         }
     };
     state.auth.logout(&session_id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /api/me`.
@@ -195,7 +283,9 @@ pub(super) async fn me(
     Ok(Json(user.into()))
 }
 
-/// The caller, from `Authorization: Bearer <accessToken>`; rejects with 401.
+/// The caller, from `Authorization: Bearer <accessToken>` or the browser
+/// session cookie; rejects with 401, or 403 when a cookie-authenticated
+/// unsafe request lacks the right `X-CSRF-Token`.
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Principal);
 
@@ -203,9 +293,44 @@ impl FromRequestParts<ApiState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers).ok_or_else(missing_credentials)??;
-        Ok(Self(state.auth.verify_access_token(token)?))
+        if let Some(token) = bearer_token(&parts.headers) {
+            return Ok(Self(state.auth.verify_access_token(token?)?));
+        }
+        if client::cookie(&parts.headers, SESSION_COOKIE).is_some() {
+            return Ok(Self(
+                cookie_principal(state, &parts.method, &parts.headers).await?,
+            ));
+        }
+        Err(missing_credentials())
     }
+}
+
+/// The caller by session cookie. Unsafe methods must carry `X-CSRF-Token`
+/// equal to the `stompline_csrf` cookie and to the session's token.
+async fn cookie_principal(
+    state: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let cookie = client::cookie(headers, SESSION_COOKIE).ok_or_else(missing_credentials)?;
+    let principal = state.auth.verify_session_cookie(cookie).await?;
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let presented = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or_default();
+        let double_submit = client::cookie(headers, CSRF_COOKIE) == Some(presented);
+        let sid = principal.session_id.as_deref().unwrap_or_default();
+        if presented.is_empty() || !double_submit || !state.auth.check_csrf(sid, presented) {
+            metrics::counter!("stompline_auth_failures_total", "reason" => "csrf").increment(1);
+            return Err(ApiError::Csrf(
+                "cookie-authenticated requests that change state need X-CSRF-Token".into(),
+            ));
+        }
+    }
+    Ok(principal)
 }
 
 fn missing_credentials() -> ApiError {

@@ -35,6 +35,10 @@ pub enum ApiError {
     /// 403: authenticated but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// 403: a cookie-authenticated unsafe request without the right
+    /// `X-CSRF-Token`, or a cross-site request from an origin not allowed.
+    #[error("{0}")]
+    Csrf(String),
     /// 404: no such thing (or not visible to the caller).
     #[error("{0}")]
     NotFound(String),
@@ -100,7 +104,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Csrf(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -120,6 +124,7 @@ impl ApiError {
             | Self::Conflict { code, .. }
             | Self::TooLarge { code, .. } => code,
             Self::Forbidden(_) => "forbidden",
+            Self::Csrf(_) => "csrf_failed",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
@@ -149,7 +154,9 @@ impl IntoResponse for ApiError {
             Self::Unauthorized { code, .. } if *code == "missing_credentials" => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Unauthorized { code, .. } if *code != "invalid_credentials" => {
+            Self::Unauthorized { code, .. }
+                if *code != "invalid_credentials" && *code != "invalid_code" =>
+            {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -169,7 +176,12 @@ impl From<AuthError> for ApiError {
             | AuthError::TokenExpired
             | AuthError::InvalidToken
             | AuthError::SessionRevoked
-            | AuthError::RefreshTokenReused => Self::unauthorized(e.reason(), message),
+            | AuthError::RefreshTokenReused
+            | AuthError::InvalidCode => Self::unauthorized(e.reason(), message),
+            AuthError::WrongPassword => Self::Forbidden(message),
+            AuthError::RateLimited(wait) => Self::TooManyRequests {
+                retry_after: retry_after_secs(wait),
+            },
             AuthError::Validation(v) => Self::bad_request(v.code(), message),
             AuthError::Conflict(field) => Self::Conflict {
                 code: match field.as_str() {

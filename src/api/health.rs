@@ -19,7 +19,8 @@ pub(super) async fn healthz() -> impl IntoResponse {
 
 /// 200 when every dependency answers; otherwise 503 naming the failed ones:
 /// `{"status":"unavailable","checks":{"database":"…","relay":"ok"},"error":{…}}`.
-/// The relay is checked when it spans instances (`relay = "redis"|"amqp"`).
+/// The relay is checked when it spans instances (`relay = "redis"|"amqp"`),
+/// Kafka when it is the bus.
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
     let mut checks = vec![("database", probe(state.store.ping()).await)];
     let relay = state.chat.gateway.relay().clone();
@@ -28,6 +29,9 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
     }
     if let Some(check) = shared_state_check(&state).await {
         checks.push(("shared_state", check));
+    }
+    if let Some(check) = bus_check(&state).await {
+        checks.push(("kafka", check));
     }
     let failed: Vec<&str> = checks
         .iter()
@@ -67,6 +71,17 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
 async fn shared_state_check(state: &ApiState) -> Option<Result<(), String>> {
     let redis = state.shared_state.as_ref()?;
     Some(probe(redis.ping()).await)
+}
+
+/// The bus's backend (Kafka), when it has one.
+async fn bus_check(state: &ApiState) -> Option<Result<(), String>> {
+    match tokio::time::timeout(PROBE_TIMEOUT, state.chat.bus().ready()).await {
+        Ok(outcome) => outcome.map(|r| r.map_err(|e| e.to_string())),
+        Err(_) => Some(Err(format!(
+            "no answer within {}s",
+            PROBE_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// A dependency's answer within [`PROBE_TIMEOUT`].

@@ -5,12 +5,15 @@
 //! `/ws`). Unknown paths under `/api` answer 404 in the API error shape.
 
 pub mod accounts;
+pub mod client;
 mod contacts;
 mod conversations;
 pub mod error;
 mod health;
+mod identity;
 mod messages;
 mod params;
+pub mod security;
 
 use std::sync::Arc;
 
@@ -44,6 +47,10 @@ pub struct ApiState {
     pub chat: Arc<crate::chat::Chat>,
     /// Presence.
     pub presence: Arc<crate::presence::Presence>,
+    /// Mark browser session cookies `Secure` even without TLS in front.
+    pub cookie_secure: bool,
+    /// The domain-events topic, in a cluster (`user.registered`).
+    pub events: Option<Arc<dyn crate::bus::EventSink>>,
     /// Redis holding the shared state (`shared_state = "redis"`), checked
     /// by `/readyz`.
     pub shared_state: Option<crate::shared_state::RedisShared>,
@@ -56,7 +63,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/auth/login", post(accounts::login))
         .route("/auth/refresh", post(accounts::refresh))
         .route("/auth/logout", post(accounts::logout))
-        .route("/me", get(accounts::me))
+        .route("/auth/request-otp", post(identity::request_otp))
+        .route("/auth/verify-otp", post(identity::verify_otp))
+        .route("/me", get(accounts::me).patch(identity::update_me))
         .route(
             "/conversations",
             get(conversations::list).post(conversations::create),

@@ -16,6 +16,11 @@
 //! Usernames are stored and returned as the user typed them; uniqueness and
 //! login ignore letter case.
 
+pub mod abuse;
+mod account;
+mod cookie;
+pub mod limiter;
+mod otp;
 mod password;
 mod revocation;
 mod token;
@@ -31,7 +36,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use crate::mail::Courier;
 use crate::store::{self, NewRefreshToken, NewUser, Session, Store, StoreError, User};
+pub use abuse::{Action, Limited, RateLimits};
+pub use cookie::{BrowserSession, CSRF_COOKIE, SESSION_COOKIE};
+pub use otp::{Identifier, OtpSettings};
 use password::Passwords;
 use token::{Claims, Signer};
 pub use validate::ValidationError;
@@ -55,6 +64,8 @@ pub struct AuthSettings {
     pub argon2_iterations: u32,
     /// argon2id lanes.
     pub argon2_parallelism: u32,
+    /// One-time code rules.
+    pub otp: OtpSettings,
 }
 
 impl Default for AuthSettings {
@@ -69,6 +80,7 @@ impl Default for AuthSettings {
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            otp: OtpSettings::default(),
         }
     }
 }
@@ -142,6 +154,16 @@ pub enum AuthError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Too many attempts; retry after the given time.
+    #[error("too many attempts; retry later")]
+    RateLimited(Duration),
+    /// A one-time code that is wrong, expired, spent or out of attempts
+    /// (deliberately indistinguishable).
+    #[error("the code is wrong or no longer valid")]
+    InvalidCode,
+    /// The current password given with a password change is wrong.
+    #[error("the current password is wrong")]
+    WrongPassword,
     /// Anything else that is our fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -159,6 +181,9 @@ impl AuthError {
             Self::RefreshTokenReused => "refresh_token_reused",
             Self::Validation(v) => v.code(),
             Self::Conflict(_) => "conflict",
+            Self::RateLimited(_) => "rate_limited",
+            Self::InvalidCode => "invalid_code",
+            Self::WrongPassword => "wrong_password",
             Self::Store(_) | Self::Internal(_) => "internal",
         }
     }
@@ -173,6 +198,7 @@ impl AuthError {
                 | Self::InvalidToken
                 | Self::SessionRevoked
                 | Self::RefreshTokenReused
+                | Self::InvalidCode
         )
     }
 }
@@ -192,6 +218,12 @@ pub struct Auth {
     /// unexpired.
     revoked: Mutex<HashMap<String, SystemTime>>,
     revocations: broadcast::Sender<String>,
+    /// Key of the one-time code and CSRF hashes (the signing secret).
+    secret: Vec<u8>,
+    otp: OtpSettings,
+    limits: RateLimits,
+    /// Delivers one-time codes; `None` drops them (with a warning).
+    courier: Option<Arc<Courier>>,
     /// Where revocations made here go for the other instances.
     revocation_log: OnceLock<Arc<dyn RevocationLog>>,
 }
@@ -213,8 +245,30 @@ impl Auth {
             refresh_ttl: settings.refresh_ttl,
             revoked: Mutex::new(HashMap::new()),
             revocations: broadcast::channel(REVOCATION_CHANNEL).0,
+            secret,
+            otp: settings.otp,
+            limits: RateLimits::default(),
+            courier: None,
             revocation_log: OnceLock::new(),
         })
+    }
+
+    /// Uses `limits` for logins, registrations and codes (the default
+    /// counts only the hourly code caps).
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Delivers one-time codes through `courier`.
+    pub fn with_courier(mut self, courier: Arc<Courier>) -> Self {
+        self.courier = Some(courier);
+        self
+    }
+
+    /// The rate-limit policy.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
     }
 
     /// Lifetime of access tokens.
@@ -243,6 +297,10 @@ impl Auth {
     /// through this instance) revocation. No I/O.
     pub fn verify_access_token(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.signer.verify(token).map_err(count_failure)?;
+        // A session cookie's token is not a bearer token.
+        if claims.kind.is_some() {
+            return Err(count_failure(AuthError::InvalidToken));
+        }
         if self.is_revoked(&claims.sid) {
             return Err(count_failure(AuthError::SessionRevoked));
         }
@@ -257,7 +315,7 @@ impl Auth {
     /// Creates an account and logs it in.
     pub async fn register(&self, registration: Registration) -> Result<TokenPair, AuthError> {
         validate::validate_username(&registration.username)?;
-        validate::validate_password(&registration.password)?;
+        validate::validate_new_password(&registration.password)?;
         let email = registration
             .email
             .as_deref()
@@ -285,6 +343,90 @@ impl Auth {
                 other => AuthError::Store(other),
             })?;
         self.open_session(user).await
+    }
+
+    /// [`Auth::authenticate_password`] under the rate limits: the caller's
+    /// IP and the account's failures may refuse it
+    /// ([`AuthError::RateLimited`]), and a failure is answered late once
+    /// the account has failed repeatedly.
+    pub async fn authenticate_password_from(
+        &self,
+        action: Action,
+        ip: Option<std::net::IpAddr>,
+        username_or_email: &str,
+        password: &str,
+    ) -> Result<Principal, AuthError> {
+        let user = self
+            .guarded(action, ip, username_or_email, password)
+            .await?;
+        Ok(Principal {
+            user_id: user.id,
+            username: user.username,
+            session_id: None,
+            expires_at: None,
+        })
+    }
+
+    /// [`Auth::login`] under the rate limits (see
+    /// [`Auth::authenticate_password_from`]).
+    pub async fn login_from(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        username_or_email: &str,
+        password: &str,
+    ) -> Result<TokenPair, AuthError> {
+        let user = self
+            .guarded(Action::Login, ip, username_or_email, password)
+            .await?;
+        self.open_session(user).await
+    }
+
+    async fn guarded(
+        &self,
+        action: Action,
+        ip: Option<std::net::IpAddr>,
+        login: &str,
+        password: &str,
+    ) -> Result<User, AuthError> {
+        let limited = |l: Limited| AuthError::RateLimited(l.retry_after);
+        self.limits.check_ip(action, ip).await.map_err(limited)?;
+        // Failures count per account, whichever name (username or email)
+        // an attacker uses for it; unknown names count as given.
+        let user = self.find_login(login).await?;
+        let account = user
+            .as_ref()
+            .map_or_else(|| login.trim().to_lowercase(), |u| format!("user:{}", u.id));
+        self.limits
+            .check_account(action, &account)
+            .await
+            .map_err(limited)?;
+        match self.verify_login(user, password).await {
+            Ok(user) => {
+                self.limits.succeeded(action, &account).await;
+                Ok(user)
+            }
+            Err(AuthError::InvalidCredentials) => {
+                let delay = self.limits.failed(action, &account).await;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Err(AuthError::InvalidCredentials)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Auth::register`] under the per-IP limit.
+    pub async fn register_from(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        registration: Registration,
+    ) -> Result<TokenPair, AuthError> {
+        self.limits
+            .check_ip(Action::Register, ip)
+            .await
+            .map_err(|l| AuthError::RateLimited(l.retry_after))?;
+        self.register(registration).await
     }
 
     /// Checks a password and opens a new session.
@@ -401,17 +543,32 @@ impl Auth {
         username_or_email: &str,
         password: &str,
     ) -> Result<User, AuthError> {
+        let user = self.find_login(username_or_email).await?;
+        self.verify_login(user, password).await
+    }
+
+    /// The account a login name (username, or email when it has `@`)
+    /// names; `None` also for names too long to be one.
+    async fn find_login(&self, username_or_email: &str) -> Result<Option<User>, AuthError> {
         let login = username_or_email.trim();
-        // Over-long input is refused before hashing; that says nothing about
-        // whether the account exists.
-        if login.is_empty() || login.len() > 254 || password.len() > validate::MAX_PASSWORD_BYTES {
-            return Err(count_failure(AuthError::InvalidCredentials));
+        if login.is_empty() || login.len() > 254 {
+            return Ok(None);
         }
-        let user = if login.contains('@') {
+        Ok(if login.contains('@') {
             self.store.user_by_email(login).await?
         } else {
             self.store.user_by_username(login).await?
-        };
+        })
+    }
+
+    /// Checks `password` against `user`'s hash, at the same cost when there
+    /// is no user or no hash.
+    async fn verify_login(&self, user: Option<User>, password: &str) -> Result<User, AuthError> {
+        // Over-long input is refused before hashing; that says nothing about
+        // whether the account exists.
+        if password.len() > validate::MAX_PASSWORD_BYTES {
+            return Err(count_failure(AuthError::InvalidCredentials));
+        }
         let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
         if self.passwords.verify(password, hash).await? {
             // `verify` is only true with a real hash, hence a real user.
@@ -448,6 +605,7 @@ impl Auth {
             username: user.username.clone(),
             exp: iat + self.access_ttl_secs,
             iat,
+            kind: None,
         })?;
         Ok(TokenPair {
             user,

@@ -30,6 +30,10 @@ pub(crate) struct Claims {
     pub exp: u64,
     /// Issue time, seconds since the Unix epoch.
     pub iat: u64,
+    /// `None` for access tokens; `"session"` for the browser session
+    /// cookie, which is refused as a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// Signs and checks access tokens.
@@ -205,6 +209,7 @@ mod tests {
             username: "alice".into(),
             exp,
             iat: unix_now(),
+            kind: None,
         }
     }
 

@@ -19,6 +19,12 @@ pub enum ValidationError {
     /// Display name empty after trimming, too long, or with control characters.
     #[error("display name must be 1 to 64 characters without control characters")]
     InvalidDisplayName,
+    /// The password is on the list of the most common passwords.
+    #[error("this password is among the most common ones; choose another")]
+    PasswordTooCommon,
+    /// Not a phone number in international form.
+    #[error("phone number must be in international form, e.g. +15551234567")]
+    InvalidPhone,
 }
 
 impl ValidationError {
@@ -30,6 +36,8 @@ impl ValidationError {
             Self::PasswordTooLong => "password_too_long",
             Self::InvalidEmail => "invalid_email",
             Self::InvalidDisplayName => "invalid_display_name",
+            Self::PasswordTooCommon => "password_too_common",
+            Self::InvalidPhone => "invalid_phone",
         }
     }
 }
@@ -65,6 +73,59 @@ pub fn validate_password(password: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::PasswordTooShort);
     }
     Ok(())
+}
+
+/// The shipped list of the most common passwords (lower case).
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
+fn common_passwords() -> &'static std::collections::HashSet<&'static str> {
+    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        COMMON_PASSWORDS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect()
+    })
+}
+
+/// Whether `password` is on the common-passwords list (letter case
+/// ignored).
+pub fn is_common_password(password: &str) -> bool {
+    common_passwords().contains(password.to_lowercase().as_str())
+}
+
+/// Checks a password being set (registration, password change): the
+/// length rules of [`validate_password`] and not on the common list.
+pub fn validate_new_password(password: &str) -> Result<(), ValidationError> {
+    validate_password(password)?;
+    if is_common_password(password) {
+        return Err(ValidationError::PasswordTooCommon);
+    }
+    Ok(())
+}
+
+/// Normalises a phone number to `+` and 8–15 digits, dropping spaces,
+/// dashes, dots and parentheses; a leading `00` counts as `+`.
+pub fn normalize_phone(phone: &str) -> Result<String, ValidationError> {
+    let compact: String = phone
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    let digits = compact
+        .strip_prefix('+')
+        .or_else(|| compact.strip_prefix("00"))
+        .ok_or(ValidationError::InvalidPhone)?;
+    let ok = (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if ok {
+        Ok(format!("+{digits}"))
+    } else {
+        Err(ValidationError::InvalidPhone)
+    }
 }
 
 /// Loosely checks an email address and returns it trimmed: one `@`, a
@@ -148,6 +209,55 @@ mod tests {
     }
 
     #[test]
+    fn common_passwords_are_refused_for_new_passwords() {
+        assert!(common_passwords().len() > 3000);
+        for common in [
+            "password",
+            "Password123",
+            "qwertyuiop",
+            "12345678",
+            "iloveyou",
+        ] {
+            assert_eq!(
+                validate_new_password(common),
+                Err(ValidationError::PasswordTooCommon),
+                "{common}"
+            );
+        }
+        assert_eq!(validate_new_password("correct horse"), Ok(()));
+        assert_eq!(
+            validate_new_password("short"),
+            Err(ValidationError::PasswordTooShort)
+        );
+    }
+
+    #[test]
+    fn phones() {
+        assert_eq!(
+            normalize_phone(" +1 (555) 123-4567 ").as_deref(),
+            Ok("+15551234567")
+        );
+        assert_eq!(
+            normalize_phone("0044 20 7946 0958").as_deref(),
+            Ok("+442079460958")
+        );
+        for bad in [
+            "",
+            "5551234567",
+            "+1",
+            "+1555abc4567",
+            "+0123456789",
+            "+1234567890123456",
+        ] {
+            assert_eq!(
+                normalize_phone(bad),
+                Err(ValidationError::InvalidPhone),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn emails() {
         assert_eq!(
             normalize_email("  Alice@Example.org ").as_deref(),
@@ -191,6 +301,8 @@ mod tests {
             ValidationError::PasswordTooLong,
             ValidationError::InvalidEmail,
             ValidationError::InvalidDisplayName,
+            ValidationError::PasswordTooCommon,
+            ValidationError::InvalidPhone,
         ] {
             assert!(e
                 .code()

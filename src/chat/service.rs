@@ -137,6 +137,11 @@ impl Chat {
         })
     }
 
+    /// The message bus (for readiness checks).
+    pub fn bus(&self) -> &dyn Bus {
+        &*self.bus
+    }
+
     /// The caller's membership, or `NotFound` (also for a conversation that
     /// does not exist).
     pub async fn conversation_for(

@@ -33,6 +33,15 @@ fn parse_addr(value: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// `http(s)://host[:port]`, nothing after (a trailing `/` is tolerated).
+fn is_origin(origin: &str) -> bool {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    rest.map(|r| r.trim_end_matches('/'))
+        .is_some_and(|r| !r.is_empty() && !r.contains(['/', '?', '#', ' ']))
+}
+
 pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     let mut c = Checker(Vec::new());
 
@@ -198,6 +207,26 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     );
     c.positive(config.presence.refresh_ms, "presence.refresh_ms");
 
+    // Auth: one-time codes and browser origins.
+    c.positive(auth.otp_ttl_secs, "auth.otp_ttl_secs");
+    c.positive(auth.otp_max_attempts.into(), "auth.otp_max_attempts");
+    for (i, origin) in auth.allowed_origins.iter().enumerate() {
+        c.check(
+            is_origin(origin),
+            &format!("auth.allowed_origins[{i}]"),
+            format!("{origin:?} is not an origin like https://chat.example.org"),
+        );
+    }
+
+    // Rate limits.
+    let rl = &config.rate_limit;
+    c.positive(rl.window_secs, "rate_limit.window_secs");
+    c.check(
+        rl.failure_delay_max_ms >= rl.failure_delay_ms,
+        "rate_limit.failure_delay_max_ms",
+        "must be at least rate_limit.failure_delay_ms",
+    );
+
     // Mail.
     let smtp = config.mail.smtp_url.trim();
     c.check(
@@ -211,6 +240,19 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         "mail.from",
         "must be an e-mail address",
     );
+    let gateway = config.mail.sms_gateway.trim();
+    c.check(
+        gateway.is_empty() || (gateway.contains("{phone}") && gateway.contains('@')),
+        "mail.sms_gateway",
+        "must be empty or an address template containing {phone}, e.g. {phone}@sms.example.net",
+    );
+    let webhook = config.mail.sms_webhook_url.trim();
+    c.check(
+        webhook.is_empty() || webhook.starts_with("http://") || webhook.starts_with("https://"),
+        "mail.sms_webhook_url",
+        "must be empty, http://… or https://…",
+    );
+    c.positive(config.mail.retry_attempts.into(), "mail.retry_attempts");
 
     // Cluster backends.
     if config.bus == BusKind::Kafka {
@@ -245,18 +287,18 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     if config.relay == RelayKind::Redis || config.shared_state == SharedStateKind::Redis {
         let url = config.redis.url.trim();
         c.check(
-            url.starts_with("redis://") || url.starts_with("rediss://"),
+            url.starts_with("redis://"),
             "redis.url",
-            "must be redis://… or rediss://…",
+            "must be redis://… (TLS to Redis is not built in: use a local TLS tunnel)",
         );
         c.positive(u64::from(config.redis.pool_size), "redis.pool_size");
     }
     if config.relay == RelayKind::Amqp {
         let url = config.amqp.url.trim();
         c.check(
-            url.starts_with("amqp://") || url.starts_with("amqps://"),
+            url.starts_with("amqp://"),
             "amqp.url",
-            "must be amqp://… or amqps://…",
+            "must be amqp://… (TLS to RabbitMQ is not built in: use a local TLS tunnel)",
         );
         c.check(
             !config.amqp.exchange.trim().is_empty(),

@@ -13,6 +13,11 @@
 //! it is kicked, and sweeps up `message.created` rows that a crash or a
 //! failed publish left behind. Publishing is at-least-once; gateways drop
 //! duplicates by seq.
+//!
+//! In a cluster both also feed the domain-events topic (an optional
+//! [`EventSink`]): an outbox row is deleted only once its relay publications
+//! AND its domain events were accepted, so the events topic is
+//! at-least-once too.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{BusConsumer, SendCommand};
+use crate::bus::{BusConsumer, DomainEvent, EventSink, SendCommand};
 use crate::chat::events::{self, kind, user_queue, Event};
 use crate::metrics::names;
 use crate::relay::Relay;
@@ -54,14 +59,20 @@ pub async fn run_persister(
     mut consumer: impl BusConsumer,
     store: Arc<dyn Store>,
     relay: Arc<dyn Relay>,
+    events: Option<Arc<dyn EventSink>>,
     shutdown: CancellationToken,
 ) {
     // Unread counters and outbox clean-up run beside the loop, so the next
     // batch is not held up by them.
     let followups = Followups::spawn(store.clone(), relay.clone());
+    let mut read_failures: u32 = 0;
     loop {
-        // After shutdown began, what is still on the bus is drained: the
-        // sessions are gone, so the queue only shrinks.
+        // After shutdown began, what is still on an in-process bus is
+        // drained: the sessions are gone, so the queue only shrinks. A
+        // shared log is left to the other consumers.
+        if shutdown.is_cancelled() && !consumer.drain_on_shutdown() {
+            return;
+        }
         let batch = if shutdown.is_cancelled() {
             match tokio::time::timeout(Duration::from_millis(200), consumer.next_batch(MAX_BATCH))
                 .await
@@ -77,10 +88,19 @@ pub async fn run_persister(
         };
         let batch = match batch {
             Ok(b) if b.is_empty() => return,
-            Ok(b) => b,
+            Ok(b) => {
+                read_failures = 0;
+                b
+            }
             Err(e) => {
-                tracing::error!(error = %e, "reading the message bus failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Backing off while the bus is unreachable: 200 ms doubling
+                // to 5 s, and one log line per doubling, not per attempt.
+                if read_failures < 5 {
+                    tracing::error!(error = %e, "reading the message bus failed");
+                }
+                let wait = Duration::from_millis(200) * (1 << read_failures.min(5));
+                read_failures += 1;
+                tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
                 continue;
             }
         };
@@ -89,7 +109,7 @@ pub async fn run_persister(
         if let Err(e) = consumer.commit().await {
             tracing::warn!(error = %e, "committing the bus position failed");
         }
-        publish_outcomes(&*relay, &followups, &batch, outcomes).await;
+        publish_outcomes(&*relay, events.as_deref(), &followups, &batch, outcomes).await;
     }
 }
 
@@ -179,13 +199,30 @@ fn durable(
     ev
 }
 
+/// Hands domain events to the sink; `true` when there is none or it took
+/// them all.
+async fn emit(events: Option<&dyn EventSink>, list: Vec<DomainEvent>) -> bool {
+    let Some(sink) = events.filter(|_| !list.is_empty()) else {
+        return true;
+    };
+    match sink.emit(list).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "publishing domain events failed; the outbox keeps them");
+            false
+        }
+    }
+}
+
 async fn publish_outcomes(
     relay: &dyn Relay,
+    events: Option<&dyn EventSink>,
     followups: &Followups,
     batch: &[SendCommand],
     outcomes: Vec<Persisted>,
 ) {
     let mut published = Vec::new();
+    let mut created = Vec::new();
     // Conversations whose unread counters changed.
     let mut touched: BTreeSet<String> = BTreeSet::new();
     for (cmd, outcome) in batch.iter().zip(outcomes) {
@@ -202,6 +239,9 @@ async fn publish_outcomes(
                 {
                     published.push(*outbox_id);
                 }
+                if events.is_some() {
+                    created.push(DomainEvent::message_created(*outbox_id, message));
+                }
                 touched.insert(message.conversation_id.clone());
                 durable(cmd, Some(message), false, None)
             }
@@ -212,6 +252,10 @@ async fn publish_outcomes(
     }
     for cid in touched {
         let _ = followups.unread.send(cid);
+    }
+    if !emit(events, created).await {
+        // The sweeper publishes these rows again, events included.
+        published.clear();
     }
     if !published.is_empty() {
         let _ = followups.published.send(published);
@@ -247,15 +291,22 @@ pub async fn publish_unread(store: &dyn Store, relay: &dyn Relay, cid: &str) {
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     relay: Arc<dyn Relay>,
+    events: Option<Arc<dyn EventSink>>,
     kick: Notify,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `store` publishing to `relay`.
-    pub fn new(store: Arc<dyn Store>, relay: Arc<dyn Relay>) -> Arc<Dispatcher> {
+    /// A dispatcher over `store` publishing to `relay` and, in a cluster,
+    /// to the domain-events sink.
+    pub fn new(
+        store: Arc<dyn Store>,
+        relay: Arc<dyn Relay>,
+        events: Option<Arc<dyn EventSink>>,
+    ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             store,
             relay,
+            events,
             kick: Notify::new(),
         })
     }
@@ -277,11 +328,21 @@ impl Dispatcher {
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "outbox sweep failed");
             }
+            match self.store.outbox_depth().await {
+                Ok(n) => metrics::gauge!(names::OUTBOX_DEPTH).set(n as f64),
+                Err(e) => tracing::debug!(error = %e, "reading the outbox depth failed"),
+            }
         }
     }
 
     /// Publishes what is due: every row but recent `message.created` ones,
     /// which their persister is publishing.
+    ///
+    /// Every instance sweeps; the store hands each due row to one sweeper
+    /// at a time (a lease taken with `FOR UPDATE SKIP LOCKED` on
+    /// PostgreSQL), oldest first, so rows of one conversation go out in
+    /// the order they were written (and `message.created` rows in seq
+    /// order).
     pub async fn sweep(&self) -> Result<usize, crate::store::StoreError> {
         let now = crate::store::now();
         let rows = self.store.outbox_due(now, 500).await?;
@@ -306,6 +367,16 @@ impl Dispatcher {
             for p in &list {
                 ok &= publish(&*self.relay, &p.channel, &p.event).await;
             }
+            if ok && self.events.is_some() {
+                let evs: Vec<&Event> = list.iter().map(|p| &p.event).collect();
+                let domain = DomainEvent::from_outbox(
+                    row.id,
+                    &row.event.kind,
+                    row.event.conversation_id.as_deref(),
+                    &evs,
+                );
+                ok = emit(self.events.as_deref(), domain).await;
+            }
             if ok {
                 done.push(row.id);
             }
@@ -329,11 +400,17 @@ impl Dispatcher {
             return Ok(true); // gone (retention): nothing to announce
         };
         let ev = Event::message(kind::MESSAGE_CREATED, &m);
-        Ok(publish(
+        let relayed = publish(
             &*self.relay,
             &events::conversation_channel(&m.conversation_id),
             &ev,
         )
-        .await)
+        .await;
+        Ok(relayed
+            && emit(
+                self.events.as_deref(),
+                vec![DomainEvent::message_created(row.id, &m)],
+            )
+            .await)
     }
 }

@@ -280,7 +280,12 @@ async fn pump(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            _ = relay.lost.notified() => return true,
+            _ = relay.lost.notified() => {
+                // A permit left from a connection already replaced is stale.
+                if relay.subs.lock().await.live.is_none() {
+                    return true;
+                }
+            }
             d = consumer.next() => {
                 let d = match d {
                     Some(Ok(d)) => d,

@@ -151,7 +151,12 @@ async fn pump(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            _ = relay.lost.notified() => return true,
+            _ = relay.lost.notified() => {
+                // A permit left from a connection already replaced is stale.
+                if relay.subs.lock().await.sink.is_none() {
+                    return true;
+                }
+            }
             m = stream.next() => {
                 let Some(m) = m else { return true };
                 let Some(channel) = m.get_channel_name().strip_prefix(relay.prefix.as_str()) else {

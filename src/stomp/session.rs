@@ -34,6 +34,9 @@ pub enum TransportKind {
         subprotocol: Option<Version>,
         /// `?access_token=` from the upgrade request.
         access_token: Option<String>,
+        /// The browser session cookie of the upgrade request, present only
+        /// when its `Origin` is allowed.
+        session_cookie: Option<String>,
     },
 }
 
@@ -115,6 +118,8 @@ pub struct Session {
     /// Inbound frame budget (token bucket); negative = throttle.
     tokens: f64,
     refilled: Instant,
+    /// The peer's address, for rate limits on password logins.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Session {
@@ -147,7 +152,14 @@ impl Session {
             token_deadline: None,
             tokens,
             refilled: now,
+            peer: None,
         }
+    }
+
+    /// Records the peer's address (rate limits on password logins count
+    /// per IP).
+    pub fn set_peer(&mut self, ip: std::net::IpAddr) {
+        self.peer = Some(ip);
     }
 
     /// True once CONNECT succeeded.
@@ -360,6 +372,12 @@ impl Session {
 
         let principal = match self.authenticate(frame).await {
             Ok(p) => p,
+            Err("rate_limited") => {
+                return Err(violation(
+                    "too many attempts",
+                    "too many login attempts; wait and retry",
+                ));
+            }
             Err(reason) => {
                 metrics::counter!(names::AUTH_FAILURES, labels::REASON => reason).increment(1);
                 return Err(violation(
@@ -460,7 +478,12 @@ impl Session {
         if let (Some(login), Some(p)) = (frame.header(header::LOGIN), passcode) {
             if !login.is_empty() {
                 return auth
-                    .authenticate_password(login, p)
+                    .authenticate_password_from(
+                        crate::auth::Action::StompConnect,
+                        self.peer,
+                        login,
+                        p,
+                    )
                     .await
                     .map_err(|e| e.reason());
             }
@@ -471,6 +494,13 @@ impl Session {
         } = &self.transport
         {
             return auth.verify_access_token(t).map_err(|e| e.reason());
+        }
+        if let TransportKind::WebSocket {
+            session_cookie: Some(c),
+            ..
+        } = &self.transport
+        {
+            return auth.verify_session_cookie(c).await.map_err(|e| e.reason());
         }
         if let Some(p) = passcode.filter(|p| looks_like_jwt(p)) {
             return auth.verify_access_token(p).map_err(|e| e.reason());

@@ -364,6 +364,8 @@ pub trait ChatStore: Send + Sync {
     ) -> Result<Vec<OutboxRow>, StoreError>;
     /// Deletes published rows.
     async fn outbox_delete(&self, ids: Vec<i64>) -> Result<(), StoreError>;
+    /// Rows waiting to be published (a metric).
+    async fn outbox_depth(&self) -> Result<i64, StoreError>;
 
     /// Moves the read watermark up to `up_to_seq` (clamped to the
     /// conversation's last seq; never backwards). `None` when not a member.

@@ -142,6 +142,36 @@ pub struct NewRefreshToken {
     pub created_at: OffsetDateTime,
 }
 
+/// A one-time code as stored: a keyed hash, never the code itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtpCode {
+    /// What the code is for: `login:email:<address>`, `login:phone:<number>`
+    /// or `email-change:<user id>`. One live code per key.
+    pub key: String,
+    /// Keyed hash of the code.
+    pub code_hash: String,
+    /// What the code proves beyond the key (the new address of an email
+    /// change).
+    pub target: Option<String>,
+    /// Verification attempts so far.
+    pub attempts: u32,
+    /// When it was issued.
+    pub created_at: OffsetDateTime,
+    /// After this instant it is refused.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Changes to an account; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New email address.
+    pub email: Option<String>,
+    /// New password hash.
+    pub password_hash: Option<String>,
+}
+
 /// The storage interface: accounts here, chat in [`ChatStore`].
 ///
 /// Lookups that find nothing answer `Ok(None)`; errors are reserved for
@@ -167,6 +197,43 @@ pub trait Store: ChatStore + Send + Sync {
 
     /// Looks a user up by email address, ignoring letter case.
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+
+    /// Looks a user up by phone number (as normalised by the caller).
+    async fn user_by_phone(&self, phone: &str) -> Result<Option<User>, StoreError>;
+
+    /// Applies `changes` to the user and returns the updated account, or
+    /// `None` when there is no such user. An email in use by another
+    /// account gives [`StoreError::Conflict`].
+    async fn update_user(&self, id: &str, changes: UserChanges)
+        -> Result<Option<User>, StoreError>;
+
+    /// Revokes every live session of `user_id` except `keep` (and their
+    /// refresh tokens); returns the ids revoked.
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Stores a one-time code, replacing any code under the same key (its
+    /// attempts start again at zero).
+    async fn put_otp(&self, code: OtpCode) -> Result<(), StoreError>;
+
+    /// The live or expired code under `key`, if any.
+    async fn otp(&self, key: &str) -> Result<Option<OtpCode>, StoreError>;
+
+    /// Counts one verification attempt against the code under `key` and
+    /// returns the new count (`None` when there is no code). Counted before
+    /// the comparison, so concurrent guesses cannot exceed the limit.
+    async fn count_otp_attempt(&self, key: &str) -> Result<Option<u32>, StoreError>;
+
+    /// Deletes the code under `key` if its hash is still `code_hash`;
+    /// `true` for the single caller that spent it.
+    async fn consume_otp(&self, key: &str, code_hash: &str) -> Result<bool, StoreError>;
+
+    /// Deletes codes expired before `before`; returns how many.
+    async fn delete_expired_otps(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Records a new session for `user_id`.
     async fn create_session(&self, session: Session) -> Result<(), StoreError>;

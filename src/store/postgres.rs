@@ -11,7 +11,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    conflict_field, fold, NewRefreshToken, NewUser, RefreshToken, Session, Store, StoreError, User,
+    conflict_field, fold, NewRefreshToken, NewUser, OtpCode, RefreshToken, Session, Store,
+    StoreError, User, UserChanges,
 };
 
 mod chat;
@@ -123,6 +124,18 @@ fn refresh_token_from_row(row: &Row) -> Result<RefreshToken, StoreError> {
     })
 }
 
+fn otp_from_row(row: &Row) -> Result<OtpCode, StoreError> {
+    let attempts: i32 = row.try_get(3).map_err(map_err)?;
+    Ok(OtpCode {
+        key: row.try_get(0).map_err(map_err)?,
+        code_hash: row.try_get(1).map_err(map_err)?,
+        target: row.try_get(2).map_err(map_err)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        created_at: row.try_get(4).map_err(map_err)?,
+        expires_at: row.try_get(5).map_err(map_err)?,
+    })
+}
+
 impl PostgresStore {
     async fn user_where(&self, column: &str, key: &str) -> Result<Option<User>, StoreError> {
         let conn = self.conn().await?;
@@ -209,6 +222,156 @@ impl Store for PostgresStore {
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         self.user_where("email_lower", &fold(email)).await
+    }
+
+    async fn user_by_phone(&self, phone: &str) -> Result<Option<User>, StoreError> {
+        self.user_where("phone", phone).await
+    }
+
+    async fn update_user(
+        &self,
+        id: &str,
+        changes: UserChanges,
+    ) -> Result<Option<User>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(map_err)?;
+        if let Some(name) = &changes.display_name {
+            tx.execute(
+                "UPDATE users SET display_name = $2, display_name_lower = $3 WHERE id = $1",
+                &[&id, name, &fold(name)],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        if let Some(email) = &changes.email {
+            tx.execute(
+                "UPDATE users SET email = $2, email_lower = $3 WHERE id = $1",
+                &[&id, email, &fold(email)],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        if let Some(hash) = &changes.password_hash {
+            tx.execute(
+                "UPDATE users SET password_hash = $2 WHERE id = $1",
+                &[&id, hash],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let user = tx
+            .query_opt(&sql, &[&id])
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(user)
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let keep = keep.unwrap_or_default();
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(map_err)?;
+        let rows = tx
+            .query(
+                "UPDATE sessions SET revoked_at = $3 \
+                 WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL RETURNING id",
+                &[&user_id, &keep, &at],
+            )
+            .await
+            .map_err(map_err)?;
+        tx.execute(
+            "UPDATE refresh_tokens SET revoked_at = $3 \
+             WHERE user_id = $1 AND session_id <> $2 AND revoked_at IS NULL",
+            &[&user_id, &keep, &at],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        rows.iter()
+            .map(|row| row.try_get::<_, String>(0).map_err(map_err))
+            .collect()
+    }
+
+    async fn put_otp(&self, code: OtpCode) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let attempts = i32::try_from(code.attempts).unwrap_or(i32::MAX);
+        conn.execute(
+            "INSERT INTO otp_codes (key, code_hash, target, attempts, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (key) DO UPDATE SET code_hash = excluded.code_hash, \
+             target = excluded.target, attempts = excluded.attempts, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at",
+            &[
+                &code.key,
+                &code.code_hash,
+                &code.target,
+                &attempts,
+                &code.created_at,
+                &code.expires_at,
+            ],
+        )
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn otp(&self, key: &str) -> Result<Option<OtpCode>, StoreError> {
+        let conn = self.conn().await?;
+        conn.query_opt(
+            "SELECT key, code_hash, target, attempts, created_at, expires_at \
+             FROM otp_codes WHERE key = $1",
+            &[&key],
+        )
+        .await
+        .map_err(map_err)?
+        .as_ref()
+        .map(otp_from_row)
+        .transpose()
+    }
+
+    async fn count_otp_attempt(&self, key: &str) -> Result<Option<u32>, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                "UPDATE otp_codes SET attempts = attempts + 1 WHERE key = $1 RETURNING attempts",
+                &[&key],
+            )
+            .await
+            .map_err(map_err)?;
+        row.map(|row| {
+            row.try_get::<_, i32>(0)
+                .map(|n| u32::try_from(n).unwrap_or(0))
+                .map_err(map_err)
+        })
+        .transpose()
+    }
+
+    async fn consume_otp(&self, key: &str, code_hash: &str) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn
+            .execute(
+                "DELETE FROM otp_codes WHERE key = $1 AND code_hash = $2",
+                &[&key, &code_hash],
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
+
+    async fn delete_expired_otps(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        conn.execute("DELETE FROM otp_codes WHERE expires_at < $1", &[&before])
+            .await
+            .map_err(map_err)
     }
 
     async fn create_session(&self, session: Session) -> Result<(), StoreError> {

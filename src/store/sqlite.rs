@@ -17,7 +17,8 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use super::{
-    conflict_field, fold, NewRefreshToken, NewUser, RefreshToken, Session, Store, StoreError, User,
+    conflict_field, fold, NewRefreshToken, NewUser, OtpCode, RefreshToken, Session, Store,
+    StoreError, User, UserChanges,
 };
 
 mod chat;
@@ -244,6 +245,17 @@ fn refresh_token_from_row(row: &Row<'_>) -> Result<RefreshToken, rusqlite::Error
     })
 }
 
+fn otp_from_row(row: &Row<'_>) -> Result<OtpCode, rusqlite::Error> {
+    Ok(OtpCode {
+        key: row.get(0)?,
+        code_hash: row.get(1)?,
+        target: row.get(2)?,
+        attempts: row.get(3)?,
+        created_at: from_micros(row.get(4)?)?,
+        expires_at: from_micros(row.get(5)?)?,
+    })
+}
+
 fn user_where(
     column: &'static str,
     key: String,
@@ -319,6 +331,142 @@ impl Store for SqliteStore {
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         self.read(user_where("email_lower", fold(email))).await
+    }
+
+    async fn user_by_phone(&self, phone: &str) -> Result<Option<User>, StoreError> {
+        self.read(user_where("phone", phone.to_string())).await
+    }
+
+    async fn update_user(
+        &self,
+        id: &str,
+        changes: UserChanges,
+    ) -> Result<Option<User>, StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            if let Some(name) = &changes.display_name {
+                tx.execute(
+                    "UPDATE users SET display_name = ?2, display_name_lower = ?3 WHERE id = ?1",
+                    params![id, name, fold(name)],
+                )?;
+            }
+            if let Some(email) = &changes.email {
+                tx.execute(
+                    "UPDATE users SET email = ?2, email_lower = ?3 WHERE id = ?1",
+                    params![id, email, fold(email)],
+                )?;
+            }
+            if let Some(hash) = &changes.password_hash {
+                tx.execute(
+                    "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                    params![id, hash],
+                )?;
+            }
+            let user = tx
+                .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+                .query_row([&id], user_from_row)
+                .optional()?;
+            tx.commit()?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let user_id = user_id.to_string();
+        let keep = keep.unwrap_or_default().to_string();
+        let at = to_micros(at);
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let ids = tx
+                .prepare(
+                    "UPDATE sessions SET revoked_at = ?3 \
+                     WHERE user_id = ?1 AND id <> ?2 AND revoked_at IS NULL RETURNING id",
+                )?
+                .query_map(params![user_id, keep, at], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.execute(
+                "UPDATE refresh_tokens SET revoked_at = ?3 \
+                 WHERE user_id = ?1 AND session_id <> ?2 AND revoked_at IS NULL",
+                params![user_id, keep, at],
+            )?;
+            tx.commit()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn put_otp(&self, code: OtpCode) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO otp_codes (key, code_hash, target, attempts, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (key) DO UPDATE SET code_hash = excluded.code_hash, \
+                 target = excluded.target, attempts = excluded.attempts, \
+                 created_at = excluded.created_at, expires_at = excluded.expires_at",
+            )?
+            .execute(params![
+                code.key,
+                code.code_hash,
+                code.target,
+                code.attempts,
+                to_micros(code.created_at),
+                to_micros(code.expires_at),
+            ])
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn otp(&self, key: &str) -> Result<Option<OtpCode>, StoreError> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT key, code_hash, target, attempts, created_at, expires_at \
+                 FROM otp_codes WHERE key = ?1",
+            )?
+            .query_row([key], otp_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn count_otp_attempt(&self, key: &str) -> Result<Option<u32>, StoreError> {
+        let key = key.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE otp_codes SET attempts = attempts + 1 WHERE key = ?1 RETURNING attempts",
+            )?
+            .query_row([key], |row| row.get(0))
+            .optional()
+        })
+        .await
+    }
+
+    async fn consume_otp(&self, key: &str, code_hash: &str) -> Result<bool, StoreError> {
+        let (key, code_hash) = (key.to_string(), code_hash.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM otp_codes WHERE key = ?1 AND code_hash = ?2")?
+                .execute(params![key, code_hash])
+                .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn delete_expired_otps(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let before = to_micros(before);
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM otp_codes WHERE expires_at < ?1")?
+                .execute([before])
+                .map(|n| n as u64)
+        })
+        .await
     }
 
     async fn create_session(&self, session: Session) -> Result<(), StoreError> {

@@ -42,11 +42,15 @@ impl Reader for TcpReader {
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let (r, w) = stream.into_split();
     let conn = new_connection(&shared);
     metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "tcp").increment(1.0);
     let writer = tokio::spawn(write_loop::<Raw>(w, conn.clone()));
-    let session = Session::new(shared.clone(), conn, TransportKind::Tcp);
+    let mut session = Session::new(shared.clone(), conn, TransportKind::Tcp);
+    if let Some(ip) = peer {
+        session.set_peer(ip);
+    }
     let reader = TcpReader {
         r,
         chunk: shared.config.stomp.read_buffer_bytes.max(512),

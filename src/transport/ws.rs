@@ -21,6 +21,8 @@ use tokio::io::ReadHalf;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{drive, join_writer, new_connection, write_loop, Chunk, Framing, Reader};
+use crate::api::client::{self, ClientIp};
+use crate::auth::SESSION_COOKIE;
 use crate::metrics::{labels, names};
 use crate::stomp::connection::{Connection, Out};
 use crate::stomp::{Session, Shared, TransportKind};
@@ -61,11 +63,26 @@ pub fn choose_subprotocol(headers: &HeaderMap) -> Option<Version> {
 pub async fn handler(
     State(state): State<WsState>,
     Query(query): Query<WsQuery>,
+    ClientIp(peer): ClientIp,
     headers: HeaderMap,
     upgrade: IncomingUpgrade,
 ) -> Response {
     if state.shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
+    }
+    // A browser sends the session cookie with any page's WebSocket, so the
+    // cookie counts only from allowed origins (cross-site WebSocket
+    // hijacking); a foreign page cannot read a token to use instead.
+    let session_cookie = client::cookie(&headers, SESSION_COOKIE).map(str::to_owned);
+    if session_cookie.is_some() {
+        if let Some(origin) = client::origin(&headers) {
+            if !client::origin_allowed(&headers, origin, &state.shared.config.auth.allowed_origins)
+            {
+                metrics::counter!(names::AUTH_FAILURES, labels::REASON => "origin_not_allowed")
+                    .increment(1);
+                return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+            }
+        }
     }
     let Ok(permit) = state.permits.clone().try_acquire_owned() else {
         metrics::counter!(names::LIMITS_HIT, labels::KIND => "connections").increment(1);
@@ -78,9 +95,14 @@ pub async fn handler(
     };
     let shared = state.shared.clone();
     let access_token = query.access_token.filter(|t| !t.is_empty());
+    let transport = TransportKind::WebSocket {
+        subprotocol,
+        access_token,
+        session_cookie,
+    };
     state.tracker.spawn(async move {
         match fut.await {
-            Ok(ws) => serve(ws.into_inner(), shared, subprotocol, access_token, permit).await,
+            Ok(ws) => serve(ws.into_inner(), shared, transport, peer, permit).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -148,8 +170,8 @@ fn to_io(e: WebSocketError) -> io::Error {
 async fn serve(
     stream: Stream,
     shared: Arc<Shared>,
-    subprotocol: Option<Version>,
-    access_token: Option<String>,
+    transport: TransportKind,
+    peer: Option<std::net::IpAddr>,
     _permit: OwnedSemaphorePermit,
 ) {
     let (r, w) = tokio::io::split(stream);
@@ -166,11 +188,10 @@ async fn serve(
     let conn = new_connection(&shared);
     metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "ws").increment(1.0);
     let writer = tokio::spawn(write_loop::<WsFrames>(w, conn.clone()));
-    let transport = TransportKind::WebSocket {
-        subprotocol,
-        access_token,
-    };
-    let session = Session::new(shared.clone(), conn.clone(), transport);
+    let mut session = Session::new(shared.clone(), conn.clone(), transport);
+    if let Some(ip) = peer {
+        session.set_peer(ip);
+    }
     drive(session, WsReader { ws, conn }, shared).await;
     join_writer(writer).await;
     metrics::gauge!(names::CONNECTIONS, labels::TRANSPORT => "ws").decrement(1.0);

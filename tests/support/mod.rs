@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod pg;
 pub mod process;
 pub mod services;
+pub mod smtp;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -58,6 +60,10 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     // defaults and are exercised by the accounts tests.
     c.auth.argon2_memory_kib = 1024;
     c.auth.argon2_iterations = 1;
+    // Suites register many users from one address; the limits have tests
+    // of their own (tests/identity.rs) that switch them back on.
+    c.rate_limit.enabled = false;
+    c.auth.otp_per_hour_per_ip = 0;
     c
 }
 
@@ -180,6 +186,11 @@ impl Client {
     pub async fn try_tcp(addr: &str) -> Option<Client> {
         let s = TcpStream::connect(addr).await.ok()?;
         Some(Client::new(Transport::Tcp(s)))
+    }
+
+    /// A client over an already upgraded WebSocket.
+    pub fn from_ws(ws: Ws) -> Client {
+        Client::new(Transport::Ws(Box::new(ws)))
     }
 
     fn new(transport: Transport) -> Client {

@@ -86,11 +86,14 @@ pub async fn amqp_usable() -> bool {
     }
 }
 
-/// Creates Redis ACL user `user` (all keys, channels and commands) and
-/// returns the test Redis URL logging in as it, so that `CLIENT KILL USER`
-/// can end exactly that user's connections.
-pub async fn redis_url_as(admin: &mut redis::aio::MultiplexedConnection, user: &str) -> String {
-    let password = uuid::Uuid::new_v4().simple().to_string();
+/// Creates (or re-enables) Redis ACL user `user` with `password` (all keys,
+/// channels and commands) and returns the test Redis URL logging in as it,
+/// so that `CLIENT KILL USER` can end exactly that user's connections.
+pub async fn redis_url_as(
+    admin: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    password: &str,
+) -> String {
     redis::cmd("ACL")
         .arg("SETUSER")
         .arg(user)

@@ -966,6 +966,12 @@ impl ChatStore for PostgresStore {
         Ok(due)
     }
 
+    async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        let conn = self.conn().await?;
+        let row = query_opt(&*conn, "SELECT count(*) FROM outbox", &[]).await?;
+        row.map_or(Ok(0), |r| get(&r, 0))
+    }
+
     async fn outbox_delete(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());

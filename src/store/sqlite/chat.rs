@@ -828,6 +828,11 @@ impl ChatStore for SqliteStore {
         .await
     }
 
+    async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        self.read(|conn| conn.query_row("SELECT count(*) FROM outbox", [], |row| row.get(0)))
+            .await
+    }
+
     async fn outbox_delete(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());

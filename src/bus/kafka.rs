@@ -1,0 +1,534 @@
+//! The bus on Kafka (`bus = "kafka"`).
+//!
+//! - Sends go to `<prefix>messages`, keyed by conversation id, from an
+//!   idempotent producer with `acks=all`: [`KafkaBus::append`] returns only
+//!   once the broker acknowledged the record, or fails after
+//!   [`DELIVERY_TIMEOUT`]. It never reports success for a record the broker
+//!   did not take.
+//! - Every instance's persister is a member of the consumer group
+//!   `kafka.group_id`. [`KafkaConsumer`] hands out batches and commits their
+//!   offsets only in [`BusConsumer::commit`], which the persister calls after
+//!   its database commit. A rebalance therefore never commits anything not
+//!   stored; the new owner of a partition may read a batch again, which the
+//!   store's idempotent insert (by message id and `(sender, clientMsgId)`)
+//!   makes invisible.
+//! - Domain events go to `<prefix>events` ([`KafkaEvents`]).
+//!
+//! Topics are created at start with the configured partitions and
+//! replication factor when missing ([`ensure_topics`]).
+//!
+//! A broker that lost its state (a restarted in-memory broker, a cluster
+//! rebuilt from scratch) leaves clients that cannot recover by themselves:
+//! the topics are gone and the idempotent producer's id is unknown or
+//! taken. When sends keep failing, or the consumer keeps failing for
+//! [`CONSUMER_REBUILD_AFTER`], the topics are ensured again and the client
+//! is replaced (the producer at most once per [`REBUILD_EVERY`]). A
+//! consumer that lost every broker connection is dropped at once and
+//! replaced when the broker answers: librdkafka 2.12.1 was seen to crash
+//! when an old consumer met a recreated topic.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::events::{DomainEvent, EventSink};
+use super::{Bus, BusConsumer, BusError, SendCommand};
+use crate::config::KafkaConfig;
+use crate::metrics::names;
+
+/// Longest an append waits for the broker's acknowledgement (including
+/// time in the producer's queue while the broker is unreachable). A chat
+/// SEND whose append fails is answered with an error, never a RECEIPT.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a metadata or admin request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Least time between two replacements of a client.
+const REBUILD_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the consumer may fail without a record before it is replaced.
+pub const CONSUMER_REBUILD_AFTER: Duration = Duration::from_secs(10);
+
+/// How often librdkafka reports statistics (consumer lag).
+const STATS_INTERVAL_MS: &str = "5000";
+
+/// Name of the messages topic.
+pub fn messages_topic(config: &KafkaConfig) -> String {
+    format!("{}messages", config.topic_prefix)
+}
+
+/// Name of the domain-events topic.
+pub fn events_topic(config: &KafkaConfig) -> String {
+    format!("{}events", config.topic_prefix)
+}
+
+fn backend(e: impl std::fmt::Display) -> BusError {
+    BusError::Backend(e.to_string())
+}
+
+fn base_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", "stompline")
+        // Quiet about a broker that went away: the operations that need it
+        // report the failure themselves.
+        .set("log.connection.close", "false");
+    c
+}
+
+/// Creates the messages and events topics when they do not exist.
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(config)
+        .create()
+        .map_err(|e| backend(format!("creating the Kafka admin client: {e}")))?;
+    let names = [messages_topic(config), events_topic(config)];
+    let partitions = i32::try_from(config.partitions).unwrap_or(i32::MAX);
+    let replication = i32::try_from(config.replication_factor).unwrap_or(i32::MAX);
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(Timeout::After(REQUEST_TIMEOUT)));
+    let results = tokio::time::timeout(
+        REQUEST_TIMEOUT + Duration::from_secs(2),
+        admin.create_topics(&topics, &opts),
+    )
+    .await
+    .map_err(|_| {
+        backend(format!(
+            "Kafka at {} did not answer within {}s",
+            config.brokers,
+            REQUEST_TIMEOUT.as_secs()
+        ))
+    })?
+    .map_err(|e| backend(format!("creating topics on {}: {e}", config.brokers)))?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, partitions, "created Kafka topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(backend(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn producer(config: &KafkaConfig) -> Result<FutureProducer, BusError> {
+    base_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        )
+        // A short linger lets concurrent sends share a produce request.
+        .set("linger.ms", "2")
+        .create()
+        .map_err(|e| backend(format!("creating the Kafka producer: {e}")))
+}
+
+/// The producer shared by the messages and events topics, replaced when it
+/// can no longer deliver.
+pub struct Producing {
+    config: KafkaConfig,
+    producer: parking_lot::RwLock<FutureProducer>,
+    last_rebuild: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Producing {
+    /// A producer for `config` (connects lazily).
+    pub fn new(config: &KafkaConfig) -> Result<Arc<Producing>, BusError> {
+        Ok(Arc::new(Producing {
+            config: config.clone(),
+            producer: parking_lot::RwLock::new(producer(config)?),
+            last_rebuild: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.producer.read().clone()
+    }
+
+    /// Sends one record and waits for the broker's acknowledgement.
+    async fn send(
+        self: &Arc<Self>,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(), BusError> {
+        let producer = self.current();
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        // The queue timeout bounds the wait for room in a full producer
+        // queue; `message.timeout.ms` bounds the wait for the broker.
+        match producer.send(record, DELIVERY_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => {
+                metrics::counter!(names::KAFKA_PRODUCE_FAILURES).increment(1);
+                let message = format!("Kafka did not take the record: {e}");
+                // In the background: the sender hears of the failure now.
+                tokio::spawn(self.clone().recover(producer, e));
+                Err(backend(message))
+            }
+        }
+    }
+
+    /// After a failed send: replaces the producer when it cannot recover
+    /// by itself and the broker answers again.
+    async fn recover(self: Arc<Self>, failed: FutureProducer, e: KafkaError) {
+        let stuck = failed.client().fatal_error().is_some()
+            || matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::MessageTimedOut
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::UnknownTopicOrPartition
+                        | RDKafkaErrorCode::UnknownProducerId
+                        | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::Fatal
+                )
+            );
+        if !stuck {
+            return;
+        }
+        // One recovery at a time; sends failing meanwhile leave it to it.
+        let Ok(mut last) = self.last_rebuild.try_lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < REBUILD_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        // Still down: the current producer reconnects by itself.
+        if ensure_topics(&self.config).await.is_err() {
+            return;
+        }
+        match producer(&self.config) {
+            Ok(fresh) => {
+                *self.producer.write() = fresh;
+                metrics::counter!(names::KAFKA_CLIENT_REBUILDS, "client" => "producer")
+                    .increment(1);
+                tracing::warn!(error = %e, "replaced the Kafka producer");
+            }
+            Err(e) => tracing::warn!(error = %e, "replacing the Kafka producer failed"),
+        }
+    }
+}
+
+/// The producing side: `<prefix>messages`, keyed by conversation.
+pub struct KafkaBus {
+    producing: Arc<Producing>,
+    topic: String,
+}
+
+impl KafkaBus {
+    /// A producer for `config` (connects lazily).
+    pub fn new(config: &KafkaConfig) -> Result<KafkaBus, BusError> {
+        Ok(KafkaBus {
+            producing: Producing::new(config)?,
+            topic: messages_topic(config),
+        })
+    }
+
+    /// The producer, shared with [`KafkaEvents`].
+    pub fn producing(&self) -> Arc<Producing> {
+        self.producing.clone()
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn append(&self, cmd: SendCommand) -> Result<(), BusError> {
+        self.producing
+            .send(&self.topic, &cmd.message.conversation_id, &cmd.encode())
+            .await
+    }
+
+    async fn ready(&self) -> Option<Result<(), BusError>> {
+        let producer = self.producing.current();
+        let topic = self.topic.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(2)))
+                .map_err(backend)
+                .and_then(|m| {
+                    let t = m
+                        .topics()
+                        .first()
+                        .ok_or_else(|| backend("no topic metadata"))?;
+                    match t.error() {
+                        None => Ok(()),
+                        Some(e) => Err(backend(format!("topic {topic}: {e:?}"))),
+                    }
+                })
+        });
+        Some(probe.await.unwrap_or_else(|e| Err(backend(e))))
+    }
+}
+
+/// The domain-events topic.
+pub struct KafkaEvents {
+    producing: Arc<Producing>,
+    topic: String,
+}
+
+impl KafkaEvents {
+    /// Events on `<prefix>events` through the shared producer.
+    pub fn new(config: &KafkaConfig, producing: Arc<Producing>) -> KafkaEvents {
+        KafkaEvents {
+            producing,
+            topic: events_topic(config),
+        }
+    }
+}
+
+#[async_trait]
+impl EventSink for KafkaEvents {
+    async fn emit(&self, events: Vec<DomainEvent>) -> Result<(), BusError> {
+        let payloads: Vec<(String, Vec<u8>)> = events
+            .iter()
+            .map(|e| (e.key().to_owned(), e.to_json()))
+            .collect();
+        // All enqueued at once (the producer keeps per-partition order),
+        // then every acknowledgement awaited.
+        let sends = payloads
+            .iter()
+            .map(|(key, payload)| self.producing.send(&self.topic, key, payload));
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Consumer callbacks: rebalance notices and lag statistics.
+pub struct GroupContext {
+    /// Set when partitions were revoked: the batch being gathered ends.
+    revoked: AtomicBool,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut total = 0;
+        for topic in statistics.topics.values() {
+            for (partition, p) in &topic.partitions {
+                // Partition -1 is librdkafka's internal one.
+                if *partition < 0 {
+                    continue;
+                }
+                // A lag of -1 is "unknown": not assigned to this instance
+                // (any more), or nothing fetched yet. It counts as none
+                // here, so the gauges summed over instances stay right.
+                let lag = p.consumer_lag.max(0);
+                total += lag;
+                metrics::gauge!(names::KAFKA_CONSUMER_LAG, "partition" => partition.to_string())
+                    .set(lag as f64);
+            }
+        }
+        metrics::gauge!(names::KAFKA_CONSUMER_LAG_TOTAL).set(total as f64);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                // Nothing is committed here: offsets are committed only by
+                // the persister after its database commit, so what this
+                // instance had not stored is read again by the next owner.
+                self.revoked.store(true, Ordering::SeqCst);
+                metrics::counter!(names::KAFKA_REBALANCES, "kind" => "revoke").increment(1);
+                tracing::info!(partitions = tpl.count(), "Kafka partitions revoked");
+            }
+            Rebalance::Assign(tpl) => {
+                metrics::counter!(names::KAFKA_REBALANCES, "kind" => "assign").increment(1);
+                tracing::info!(partitions = tpl.count(), "Kafka partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka rebalance failed"),
+        }
+    }
+}
+
+/// A member of the persisters' group, subscribed to the messages topic.
+fn group_member(config: &KafkaConfig) -> Result<StreamConsumer<GroupContext>, BusError> {
+    let ctx = GroupContext {
+        revoked: AtomicBool::new(false),
+    };
+    let consumer: StreamConsumer<GroupContext> = base_config(config)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        .create_with_context(ctx)
+        .map_err(|e| backend(format!("creating the Kafka consumer: {e}")))?;
+    let topic = messages_topic(config);
+    consumer
+        .subscribe(&[&topic])
+        .map_err(|e| backend(format!("subscribing to {topic}: {e}")))?;
+    Ok(consumer)
+}
+
+/// The consuming side: this instance's member of the persisters' group.
+pub struct KafkaConsumer {
+    /// `None` after every broker connection was lost, until the broker
+    /// answers again: a client that saw its broker go away entirely is not
+    /// kept, since one that lost its state recreates the topics.
+    consumer: Option<Arc<StreamConsumer<GroupContext>>>,
+    config: KafkaConfig,
+    /// Since when every receive failed (reset by a record).
+    failing_since: Option<std::time::Instant>,
+    topic: String,
+    /// Next offset to commit per partition, for what was handed out since
+    /// the last commit.
+    pending: BTreeMap<i32, i64>,
+}
+
+impl KafkaConsumer {
+    /// Joins the group `config.group_id` and subscribes to the messages
+    /// topic.
+    pub fn new(config: &KafkaConfig) -> Result<KafkaConsumer, BusError> {
+        Ok(KafkaConsumer {
+            consumer: Some(Arc::new(group_member(config)?)),
+            config: config.clone(),
+            failing_since: None,
+            topic: messages_topic(config),
+            pending: BTreeMap::new(),
+        })
+    }
+
+    /// After a failed receive: replaces the consumer once it failed for
+    /// [`CONSUMER_REBUILD_AFTER`] and the broker answers again. What was
+    /// handed out and not committed is read again (duplicates the store
+    /// drops).
+    async fn recover(&mut self, e: &KafkaError) {
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.consumer = None;
+        }
+        let since = *self
+            .failing_since
+            .get_or_insert_with(std::time::Instant::now);
+        if self.consumer.is_some() && since.elapsed() < CONSUMER_REBUILD_AFTER {
+            return;
+        }
+        self.rejoin().await;
+    }
+
+    /// A fresh member of the group, once the broker answers and the topics
+    /// exist.
+    async fn rejoin(&mut self) {
+        if ensure_topics(&self.config).await.is_err() {
+            return;
+        }
+        match group_member(&self.config) {
+            Ok(fresh) => {
+                self.consumer = Some(Arc::new(fresh));
+                self.pending.clear();
+                self.failing_since = None;
+                metrics::counter!(names::KAFKA_CLIENT_REBUILDS, "client" => "consumer")
+                    .increment(1);
+                tracing::warn!("replaced the Kafka consumer");
+            }
+            Err(e) => tracing::warn!(error = %e, "replacing the Kafka consumer failed"),
+        }
+    }
+
+    /// Records one consumed message; returns its command unless it is not
+    /// one this build reads (then it is skipped, its offset still
+    /// committed: a record nobody can read must not stop the partition).
+    fn take(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<SendCommand> {
+        self.pending.insert(m.partition(), m.offset() + 1);
+        match SendCommand::decode(m.payload().unwrap_or_default()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                metrics::counter!(names::KAFKA_MALFORMED).increment(1);
+                tracing::error!(partition = m.partition(), offset = m.offset(), error = %e, "skipping a bus record");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BusConsumer for KafkaConsumer {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<SendCommand>, BusError> {
+        let max = max.max(1);
+        let mut batch = Vec::new();
+        if self.consumer.is_none() {
+            self.rejoin().await;
+        }
+        let Some(consumer) = self.consumer.clone() else {
+            return Err(backend("waiting for the Kafka brokers to answer"));
+        };
+        consumer.context().revoked.store(false, Ordering::SeqCst);
+        // Wait for the first record, then take what is already there.
+        while batch.is_empty() {
+            let m = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    self.recover(&e).await;
+                    return Err(backend(e));
+                }
+            };
+            self.failing_since = None;
+            batch.extend(self.take(&m));
+        }
+        while batch.len() < max && !consumer.context().revoked.load(Ordering::SeqCst) {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.extend(self.take(&m)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self) -> Result<(), BusError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in std::mem::take(&mut self.pending) {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))
+                .map_err(backend)?;
+        }
+        let Some(consumer) = self.consumer.clone() else {
+            // The member that read them is gone: they are read again.
+            return Ok(());
+        };
+        // A failure (e.g. the partition moved to another instance meanwhile)
+        // leaves those records to be read again: duplicates the store drops,
+        // never loss.
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(backend)?
+            .map_err(|e| backend(format!("committing Kafka offsets: {e}")))
+    }
+
+    fn drain_on_shutdown(&self) -> bool {
+        // The group's other members take over this instance's partitions.
+        false
+    }
+}
