@@ -117,6 +117,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (relay, relay_inbox) = relay::connect(&config, shutdown.clone())
         .await
         .context("connecting the relay")?;
+    let (relay, relay_inbox) =
+        relay::loop_back(relay, relay_inbox, events::instance_channel(&instance_id));
     let bus::Connected {
         bus,
         consumer,

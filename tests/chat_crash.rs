@@ -9,29 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use stomp_codec::Command;
-use support::process::{get_json, register, ServerProcess};
+use support::process::{history, register, ServerProcess};
 use support::Client;
-
-async fn history(http: &str, token: &str, cid: &str) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let v = get_json(
-            &format!("http://{http}/api/conversations/{cid}/messages?after={after}&limit=100"),
-            token,
-        )
-        .await;
-        let items = v["items"].as_array().unwrap().clone();
-        let n = items.len();
-        if let Some(last) = items.last() {
-            after = last["seq"].as_i64().unwrap();
-        }
-        all.extend(items);
-        if n < 100 {
-            return all;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_receipted_message_survives_a_sigkill_exactly_once_in_order() {

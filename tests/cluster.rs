@@ -125,13 +125,7 @@ impl Cluster {
                 env.push(("STOMPLINE_REDIS__URL".into(), url));
                 redis_users.push((user, password));
             }
-            let p = tokio::task::spawn_blocking(move || {
-                let pairs: Vec<(&str, &str)> =
-                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                ServerProcess::start(&path, &pairs)
-            })
-            .await
-            .expect("instance starts");
+            let p = support::process::spawn(path, env).await;
             dirs.push(dir);
             processes.push(p);
         }

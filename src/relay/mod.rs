@@ -82,6 +82,75 @@ pub async fn connect(
     })
 }
 
+/// Wraps a cluster relay so that publications to `own` (this instance's
+/// channel, which only this instance subscribes) go straight into the
+/// returned inbox instead of through the backend: an acknowledgement the
+/// persister sends to the instance that took the SEND then needs no relay
+/// connection, so a relay outage, or the moment after a reconnect before
+/// the channel is subscribed again, cannot hold back a RECEIPT. Other
+/// instances can still publish to `own` through the backend. The
+/// in-process relay is returned as it is.
+pub fn loop_back(relay: Arc<dyn Relay>, inbox: Inbox, own: String) -> (Arc<dyn Relay>, Inbox) {
+    if !relay.spans_instances() {
+        return (relay, inbox);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let forward = tx.clone();
+    let mut inbox = inbox;
+    tokio::spawn(async move {
+        while let Some(d) = inbox.recv().await {
+            if forward.send(d).is_err() {
+                return;
+            }
+        }
+    });
+    let relay = Arc::new(LoopBack {
+        inner: relay,
+        own,
+        local: tx,
+    });
+    (relay, rx)
+}
+
+/// See [`loop_back`].
+struct LoopBack {
+    inner: Arc<dyn Relay>,
+    own: String,
+    local: mpsc::UnboundedSender<Delivery>,
+}
+
+#[async_trait]
+impl Relay for LoopBack {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), RelayError> {
+        if channel != self.own {
+            return self.inner.publish(channel, payload).await;
+        }
+        // The receiver lives as long as the server; a send error only
+        // happens during shutdown.
+        let _ = self.local.send(Delivery {
+            channel: channel.to_owned(),
+            payload,
+        });
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), RelayError> {
+        self.inner.subscribe(channel).await
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), RelayError> {
+        self.inner.unsubscribe(channel).await
+    }
+
+    fn spans_instances(&self) -> bool {
+        self.inner.spans_instances()
+    }
+
+    async fn ping(&self) -> Result<(), RelayError> {
+        self.inner.ping().await
+    }
+}
+
 /// The timer of a supervisor's connection probes.
 fn probe_timer() -> tokio::time::Interval {
     let mut probe = tokio::time::interval(PROBE_EVERY);

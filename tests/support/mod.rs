@@ -182,6 +182,12 @@ impl Client {
         Client::new(Transport::Tcp(s))
     }
 
+    /// A raw TCP client, or `None` when the connection is refused.
+    pub async fn try_tcp(addr: &str) -> Option<Client> {
+        let s = TcpStream::connect(addr).await.ok()?;
+        Some(Client::new(Transport::Tcp(s)))
+    }
+
     /// A client over an already upgraded WebSocket.
     pub fn from_ws(ws: Ws) -> Client {
         Client::new(Transport::Ws(Box::new(ws)))

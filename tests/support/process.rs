@@ -28,7 +28,13 @@ impl ServerProcess {
     /// an earlier run's data) and extra environment, and waits for its
     /// `listening` line.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stompline"));
+        // `STOMPLINE_TEST_SERVER_BIN` names another build of the binary
+        // (e.g. when several checkouts share one target directory, whose
+        // `debug/stompline` is whichever was linked last).
+        let bin = std::env::var_os("STOMPLINE_TEST_SERVER_BIN")
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_stompline").into());
+        let mut cmd = Command::new(bin);
         cmd.args([
             "serve",
             "--http-addr",
@@ -137,6 +143,39 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// [`ServerProcess::start`] from a blocking thread, for async tests.
+pub async fn spawn(data_dir: std::path::PathBuf, env: Vec<(String, String)>) -> ServerProcess {
+    tokio::task::spawn_blocking(move || {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        ServerProcess::start(&data_dir, &pairs)
+    })
+    .await
+    .expect("instance starts")
+}
+
+/// The whole history of conversation `cid` (`GET …/messages`, page by
+/// page), oldest first.
+pub async fn history(http: &str, token: &str, cid: &str) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let v = get_json(
+            &format!("http://{http}/api/conversations/{cid}/messages?after={after}&limit=100"),
+            token,
+        )
+        .await;
+        let items = v["items"].as_array().expect("history items").clone();
+        let n = items.len();
+        if let Some(last) = items.last() {
+            after = last["seq"].as_i64().expect("seq");
+        }
+        all.extend(items);
+        if n < 100 {
+            return all;
+        }
     }
 }
 
