@@ -378,6 +378,12 @@ fn group_member(config: &KafkaConfig) -> Result<StreamConsumer<GroupContext>, Bu
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // A fetch returns after at most this long even when no new record
+        // has arrived. The default (500 ms) is a floor on SEND→RECEIPT
+        // latency with brokers that answer a fetch only at its deadline
+        // (tansu does), and an idle persister's few empty fetches a second
+        // cost little.
+        .set("fetch.wait.max.ms", "10")
         .set("statistics.interval.ms", STATS_INTERVAL_MS)
         .create_with_context(ctx)
         .map_err(|e| backend(format!("creating the Kafka consumer: {e}")))?;

@@ -25,7 +25,7 @@ use stomp_codec::{header, Command, Frame};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::conn::{connect, Batch, Conn, Credentials, Reader};
+use crate::conn::{connect, Batch, Conn, Credentials, Reader, Target};
 use crate::http::{parse_base, post_json};
 use crate::report::{note_error, Deliveries, Latency, Report};
 use crate::run::Credit;
@@ -102,6 +102,12 @@ pub struct ChatArgs {
     /// Seconds to wait for the last RECEIPTs and deliveries after sending stops.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
+    /// Further instances of a cluster, as STOMP URLs (comma-separated):
+    /// connection i goes to instance i mod N, `--url` being instance 0, so
+    /// senders and the subscribers of their conversations mostly sit on
+    /// different instances. Setup still goes to `--http`.
+    #[arg(long, value_delimiter = ',')]
+    pub also_url: Vec<String>,
 }
 
 /// A registered user.
@@ -225,8 +231,9 @@ async fn create_conversations(
     Ok(out)
 }
 
-/// Opens connection `i` as `user`.
-async fn open(s: &Settings, user: &User, i: usize) -> Result<Conn> {
+/// Opens connection `i` as `user`, on instance `i mod N` of `targets`
+/// (empty: the endpoint's own target).
+async fn open(s: &Settings, targets: &[Target], user: &User, i: usize) -> Result<Conn> {
     let creds = Credentials {
         login: user.name.clone(),
         passcode: user.token.clone(),
@@ -235,7 +242,13 @@ async fn open(s: &Settings, user: &User, i: usize) -> Result<Conn> {
     };
     tokio::time::timeout(
         Duration::from_secs(30),
-        connect(&s.endpoint.target, &creds, s.endpoint.source(i)),
+        connect(
+            targets
+                .get(i % targets.len().max(1))
+                .unwrap_or(&s.endpoint.target),
+            &creds,
+            s.endpoint.source(i),
+        ),
     )
     .await
     .context("CONNECT timed out")?
@@ -587,6 +600,14 @@ pub async fn run(s: &Settings, a: &ChatArgs) -> Result<Report> {
         bail!("--window must be 1..={}", crate::run::MAX_WINDOW);
     }
     let base = parse_base(&a.http)?;
+    let mut targets = Vec::new();
+    if !a.also_url.is_empty() {
+        targets.push(s.endpoint.target.clone());
+        for u in &a.also_url {
+            targets.push(Target::parse(u).with_context(|| format!("--also-url {u}"))?);
+        }
+    }
+    let targets = Arc::new(targets);
     let setup_started = Instant::now();
     let users = Arc::new(register(base, a).await.context("registering users")?);
     let registered_s = setup_started.elapsed().as_secs_f64();
@@ -654,6 +675,7 @@ pub async fn run(s: &Settings, a: &ChatArgs) -> Result<Report> {
         let gate = gate.clone();
         let users = users.clone();
         let (u, dests) = (*u, dests.clone());
+        let targets = targets.clone();
         let s_ep = s.endpoint.clone();
         let settings = Settings {
             endpoint: s_ep,
@@ -663,7 +685,7 @@ pub async fn run(s: &Settings, a: &ChatArgs) -> Result<Report> {
         };
         sub_tasks.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await?;
-            let mut c = open(&settings, &users[u], i).await?;
+            let mut c = open(&settings, &targets, &users[u], i).await?;
             for (j, d) in dests.iter().enumerate() {
                 subscribe(&mut c, &format!("s{j}"), d).await?;
             }
@@ -689,6 +711,7 @@ pub async fn run(s: &Settings, a: &ChatArgs) -> Result<Report> {
     for i in 0..a.senders {
         let gate = gate.clone();
         let users = users.clone();
+        let targets = targets.clone();
         let settings = Settings {
             endpoint: s.endpoint.clone(),
             server_pid: None,
@@ -697,7 +720,7 @@ pub async fn run(s: &Settings, a: &ChatArgs) -> Result<Report> {
         };
         send_conns.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await?;
-            let mut c = open(&settings, &users[i % users.len()], offset + i).await?;
+            let mut c = open(&settings, &targets, &users[i % users.len()], offset + i).await?;
             subscribe(&mut c, "errors", "/user/queue/errors").await?;
             anyhow::Ok(c)
         }));
