@@ -76,12 +76,7 @@ impl Cluster {
         ];
         if bus == Bus::Kafka {
             // The persister is one consumer group over the three instances.
-            let kafka = support::kafka::config(6)?;
-            env.push(("STOMPLINE_BUS".into(), "kafka".into()));
-            env.push(("STOMPLINE_KAFKA__BROKERS".into(), kafka.brokers));
-            env.push(("STOMPLINE_KAFKA__TOPIC_PREFIX".into(), kafka.topic_prefix));
-            env.push(("STOMPLINE_KAFKA__PARTITIONS".into(), "6".into()));
-            env.push(("STOMPLINE_KAFKA__GROUP_ID".into(), kafka.group_id));
+            env.extend(support::kafka::env(&support::kafka::config(6)?));
         }
         let mut redis = None;
         let mut exchange = None;

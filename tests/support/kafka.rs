@@ -67,6 +67,49 @@ pub fn with_brokers(brokers: &str, partitions: u32) -> KafkaConfig {
     }
 }
 
+/// The environment that puts a `stompline` process on `config` with
+/// `bus = "kafka"`.
+pub fn env(config: &KafkaConfig) -> Vec<(String, String)> {
+    vec![
+        ("STOMPLINE_BUS".into(), "kafka".into()),
+        ("STOMPLINE_KAFKA__BROKERS".into(), config.brokers.clone()),
+        (
+            "STOMPLINE_KAFKA__TOPIC_PREFIX".into(),
+            config.topic_prefix.clone(),
+        ),
+        (
+            "STOMPLINE_KAFKA__PARTITIONS".into(),
+            config.partitions.to_string(),
+        ),
+        ("STOMPLINE_KAFKA__GROUP_ID".into(), config.group_id.clone()),
+    ]
+}
+
+/// The end offset (records written so far) of every partition of
+/// `config`'s messages topic, in partition order.
+pub async fn end_offsets(config: &KafkaConfig) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let topic = stompline::bus::kafka::messages_topic(config);
+    let brokers = config.brokers.clone();
+    let partitions = i32::try_from(config.partitions).expect("partitions");
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("a Kafka client");
+        (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"))
+                    .1
+            })
+            .collect()
+    })
+    .await
+    .expect("watermarks")
+}
+
 /// A broker process of the test's own (tansu, in memory) on a free port,
 /// for tests that freeze it. Killed on drop.
 pub struct PrivateBroker {
