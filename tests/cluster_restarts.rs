@@ -12,12 +12,21 @@
 //! the history is gapless and in each sender's order, and every subscriber
 //! got every receipted message (after dropping duplicates by id).
 //!
-//! The SIGKILL test uses the shared PostgreSQL and Redis
+//! With `bus = "kafka"`, whole instances join and leave the persisters'
+//! consumer group during load (a rebalance each time): new instances are
+//! started, and original ones are stopped by SIGTERM and by SIGKILL. There
+//! the load is one conversation per partition of the messages topic, so
+//! every member of the group has work, and the test checks from the
+//! instances' metrics that the partitions really moved.
+//!
+//! The SIGKILL and rebalance tests use the shared PostgreSQL and Redis
 //! (`STOMPLINE_TEST_POSTGRES_URL`, `STOMPLINE_TEST_REDIS_URL`, a key prefix
-//! of its own). The restart tests start a private `redis-server` or
-//! PostgreSQL cluster on a free loopback port (see `support/services.rs`),
-//! so restarting it disturbs no one else. A missing service or binary skips
-//! a test, or fails it under `STOMPLINE_REQUIRE_SERVICES=1`.
+//! of their own); the rebalance test also the shared Kafka
+//! (`STOMPLINE_TEST_KAFKA_BROKERS`, a topic prefix and consumer group of its
+//! own). The restart tests start a private `redis-server` or PostgreSQL
+//! cluster on a free loopback port (see `support/services.rs`), so
+//! restarting it disturbs no one else. A missing service or binary skips a
+//! test, or fails it under `STOMPLINE_REQUIRE_SERVICES=1`.
 
 mod support;
 
@@ -29,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stomp_codec::{Command, Frame, Item};
+use stompline::config::KafkaConfig;
 use support::pg::PgDatabase;
 use support::process::{register, ServerProcess};
 use support::services::{self, PrivatePostgres, PrivateRedis, Restartable};
@@ -46,19 +56,32 @@ const RESTARTS: usize = 2;
 const RECEIPT_WAIT: Duration = Duration::from_secs(40);
 /// Generous bound for progress after a fault, and for catching up at the end.
 const PROGRESS_WAIT: Duration = Duration::from_secs(180);
+/// Partitions of the messages topic in the rebalance test: more than the
+/// instances ever running at once, so every member of the group gets some.
+const PARTITIONS: u32 = 6;
+/// Longest a SIGTERMed instance may take to drain and exit.
+const EXIT_WAIT: Duration = Duration::from_secs(60);
+/// Chat messages an instance's persister stored (duplicates not counted).
+const PERSISTED: &str = "stompline_messages_persisted_total";
+/// Partition assignments an instance's consumer received.
+const ASSIGNED: &str = "stompline_kafka_rebalances_total{kind=\"assign\"}";
 
-/// Three instances sharing `db_url` and `redis_url`.
+/// Instances sharing `db_url` and `redis_url`: three at first, more when
+/// [`Cluster::add`] starts them. A stopped instance keeps its index.
 struct Cluster {
+    env: Vec<(String, String)>,
     processes: Mutex<Vec<ServerProcess>>,
-    stomp: Vec<String>,
-    http: Vec<String>,
-    _dirs: Vec<tempfile::TempDir>,
+    /// STOMP addresses by instance, shared with the senders.
+    stomp: Arc<Mutex<Vec<String>>>,
+    http: Mutex<Vec<String>>,
+    dirs: Mutex<Vec<tempfile::TempDir>>,
 }
 
 impl Cluster {
-    async fn start(db_url: &str, redis_url: &str) -> Cluster {
+    /// Starts [`INSTANCES`] instances with `extra` in their environment.
+    async fn start(db_url: &str, redis_url: &str, extra: Vec<(String, String)>) -> Cluster {
         let unique = uuid::Uuid::new_v4().simple().to_string();
-        let env: Vec<(String, String)> = vec![
+        let mut env: Vec<(String, String)> = vec![
             ("STOMPLINE_DATABASE_URL".into(), db_url.into()),
             (
                 "STOMPLINE_AUTH__JWT_SECRET".into(),
@@ -74,26 +97,94 @@ impl Cluster {
             ("STOMPLINE_CHAT__RATE_PER_SEC".into(), "0".into()),
             ("STOMPLINE_PRESENCE__OFFLINE_GRACE_MS".into(), "300".into()),
         ];
-        let mut dirs = Vec::new();
-        let mut processes = Vec::new();
+        env.extend(extra);
+        let cluster = Cluster {
+            env,
+            processes: Mutex::default(),
+            stomp: Arc::default(),
+            http: Mutex::default(),
+            dirs: Mutex::default(),
+        };
         for _ in 0..INSTANCES {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let path = dir.path().to_path_buf();
-            let p = support::process::spawn(path, env.clone()).await;
-            dirs.push(dir);
-            processes.push(p);
+            cluster.add().await;
         }
-        Cluster {
-            stomp: processes.iter().map(|p| p.stomp.clone()).collect(),
-            http: processes.iter().map(|p| p.http.clone()).collect(),
-            processes: Mutex::new(processes),
-            _dirs: dirs,
-        }
+        cluster
+    }
+
+    /// Starts one more instance; returns its index.
+    async fn add(&self) -> usize {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = support::process::spawn(dir.path().to_path_buf(), self.env.clone()).await;
+        self.stomp.lock().expect("addresses").push(p.stomp.clone());
+        self.http.lock().expect("addresses").push(p.http.clone());
+        self.dirs.lock().expect("dirs").push(dir);
+        let mut processes = self.processes.lock().expect("processes");
+        processes.push(p);
+        processes.len() - 1
+    }
+
+    /// Instance `node`'s HTTP address.
+    fn http(&self, node: usize) -> String {
+        self.http.lock().expect("addresses")[node].clone()
     }
 
     /// SIGKILLs instance `node`.
     fn kill(&self, node: usize) {
         self.processes.lock().expect("processes")[node].kill();
+    }
+
+    /// SIGTERMs instance `node` and waits until it has drained and exited
+    /// with success.
+    async fn terminate(&self, node: usize) {
+        self.processes.lock().expect("processes")[node].terminate();
+        let deadline = Instant::now() + EXIT_WAIT;
+        loop {
+            if let Some(status) = self.processes.lock().expect("processes")[node].exited() {
+                assert!(status.success(), "instance {node} exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {node} still running {EXIT_WAIT:?} after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sum over instances `nodes` of `series` (a metric's name and
+    /// labels as `/metrics` renders them; 0 where never recorded).
+    async fn metric(&self, nodes: &[usize], series: &str) -> f64 {
+        let mut sum = 0.0;
+        for node in nodes {
+            let text = reqwest::get(format!("http://{}/metrics", self.http(*node)))
+                .await
+                .expect("metrics request")
+                .text()
+                .await
+                .expect("metrics body");
+            sum += text
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(0.0);
+        }
+        sum
+    }
+
+    /// Waits (at most [`PROGRESS_WAIT`]) until [`Cluster::metric`] of
+    /// `nodes` and `series` is above `floor`.
+    async fn metric_above(&self, nodes: &[usize], series: &str, floor: f64, what: &str) {
+        let deadline = Instant::now() + PROGRESS_WAIT;
+        loop {
+            let now = self.metric(nodes, series).await;
+            if now > floor {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {series} on instances {nodes:?} stayed at {now}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn logs(&self) -> String {
@@ -144,8 +235,10 @@ struct Sender {
     idx: usize,
     token: String,
     home: usize,
-    stomp: Vec<String>,
+    stomp: Arc<Mutex<Vec<String>>>,
+    /// The conversation, and its index in [`Load::conversations`].
     cid: String,
+    conv: usize,
     conn: Option<Client>,
     /// seq → message id, as received on the chat subscription.
     received: BTreeMap<i64, String>,
@@ -194,9 +287,12 @@ impl Sender {
         let deadline = Instant::now() + PROGRESS_WAIT;
         let mut attempt = 0;
         loop {
-            let node = (self.home + attempt) % self.stomp.len();
+            let addr = {
+                let addrs = self.stomp.lock().expect("addresses");
+                addrs[(self.home + attempt) % addrs.len()].clone()
+            };
             attempt += 1;
-            if let Some(c) = self.try_connect(node).await {
+            if let Some(c) = self.try_connect(&addr).await {
                 self.conn = Some(c);
                 self.connections += 1;
                 return;
@@ -210,8 +306,8 @@ impl Sender {
         }
     }
 
-    async fn try_connect(&mut self, node: usize) -> Option<Client> {
-        let mut c = Client::try_tcp(&self.stomp[node]).await?;
+    async fn try_connect(&mut self, addr: &str) -> Option<Client> {
+        let mut c = Client::try_tcp(addr).await?;
         let connect = format!(
             "CONNECT\naccept-version:1.2\nhost:localhost\nAuthorization:Bearer {}\n\n\0",
             self.token
@@ -348,56 +444,87 @@ impl Sender {
     }
 }
 
+/// A user of the load: (user id, access token, home instance).
+type User = (String, String, usize);
+
+/// What each conversation's members must end up with (seq → message id),
+/// by conversation.
+type Targets = Arc<Vec<BTreeMap<i64, String>>>;
+
 /// The senders' tasks and the handles to steer them.
 struct Load {
     progress: Vec<Arc<Progress>>,
     receipted: Arc<Mutex<Vec<Receipted>>>,
     stop: watch::Sender<bool>,
-    target: watch::Sender<Option<Arc<BTreeMap<i64, String>>>>,
+    target: watch::Sender<Option<Targets>>,
     tasks: Vec<tokio::task::JoinHandle<Sender>>,
-    /// (http address of instance 0, a member's token, conversation id).
-    reader: (String, String, String),
+    /// HTTP address of instance 0 (which every scenario keeps running).
+    http: String,
+    /// Each conversation's id and a member's token.
+    conversations: Vec<(String, String)>,
+    /// The conversation of each sender.
+    conv_of: Vec<usize>,
 }
 
 impl Load {
     /// Registers the users (spread over the instances), makes one group
     /// conversation of them all, connects every sender and starts sending.
     async fn start(cluster: &Cluster) -> Load {
-        let mut users = Vec::new();
-        for i in 0..INSTANCES * SENDERS_PER_INSTANCE {
-            let home = i % INSTANCES;
-            let name = format!("f{i}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-            let (id, token) = register(&cluster.http[home], &name).await;
-            users.push((id, token, home));
-        }
-        let res = reqwest::Client::new()
-            .post(format!("http://{}/api/conversations", cluster.http[0]))
-            .bearer_auth(&users[0].1)
-            .json(&json!({
-                "type": "group",
-                "name": "faults",
-                "memberIds": users[1..].iter().map(|u| u.0.clone()).collect::<Vec<_>>(),
-            }))
-            .send()
-            .await
-            .expect("create conversation");
-        assert_eq!(res.status(), 201);
-        let cid = res.json::<serde_json::Value>().await.expect("json")["id"]
-            .as_str()
-            .expect("conversation id")
-            .to_owned();
+        let users = users(cluster, INSTANCES * SENDERS_PER_INSTANCE).await;
+        let cid = group(cluster, &users[0], &users[1..]).await;
+        let everyone = (0..users.len()).collect();
+        Load::run(cluster, users, vec![(cid, everyone)]).await
+    }
 
+    /// Like [`Load::start`], but with one conversation per partition of a
+    /// messages topic of `partitions` (so every partition carries load),
+    /// each of two senders on different instances.
+    async fn start_on_every_partition(cluster: &Cluster, partitions: u32) -> Load {
+        let users = users(cluster, 2 * partitions as usize).await;
+        let mut taken = vec![false; partitions as usize];
+        let mut conversations = Vec::new();
+        for first in (0..users.len()).step_by(2) {
+            // Conversations are made until one lands on a partition that
+            // has none yet.
+            loop {
+                let cid = group(cluster, &users[first], &users[first + 1..first + 2]).await;
+                let p = partition_of(&cid, partitions) as usize;
+                if !taken[p] {
+                    taken[p] = true;
+                    conversations.push((cid, vec![first, first + 1]));
+                    break;
+                }
+            }
+        }
+        Load::run(cluster, users, conversations).await
+    }
+
+    /// Connects every sender to its conversation (`conversations`: id and
+    /// members, as indexes into `users`) and starts sending.
+    async fn run(
+        cluster: &Cluster,
+        users: Vec<User>,
+        conversations: Vec<(String, Vec<usize>)>,
+    ) -> Load {
+        let mut conv_of = vec![0; users.len()];
+        for (c, (_, members)) in conversations.iter().enumerate() {
+            for m in members {
+                conv_of[*m] = c;
+            }
+        }
         let (stop, _) = watch::channel(false);
-        let (target, _) = watch::channel::<Option<Arc<BTreeMap<i64, String>>>>(None);
+        let (target, _) = watch::channel::<Option<Targets>>(None);
         let receipted = Arc::new(Mutex::new(Vec::new()));
         let mut senders = Vec::new();
         for (idx, (_, token, home)) in users.iter().enumerate() {
+            let conv = conv_of[idx];
             let mut s = Sender {
                 idx,
                 token: token.clone(),
                 home: *home,
                 stomp: cluster.stomp.clone(),
-                cid: cid.clone(),
+                cid: conversations[conv].0.clone(),
+                conv,
                 conn: None,
                 received: BTreeMap::new(),
                 duplicates: 0,
@@ -430,7 +557,7 @@ impl Load {
                     }
                     target.changed().await.expect("target sender alive");
                 };
-                s.catch_up(&goal).await;
+                s.catch_up(&goal[s.conv]).await;
                 s
             }));
         }
@@ -440,7 +567,12 @@ impl Load {
             stop,
             target,
             tasks,
-            reader: (cluster.http[0].clone(), users[0].1.clone(), cid),
+            http: cluster.http(0),
+            conversations: conversations
+                .into_iter()
+                .map(|(cid, members)| (cid, users[members[0]].1.clone()))
+                .collect(),
+            conv_of,
         }
     }
 
@@ -493,50 +625,26 @@ impl Load {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let receipted = self.receipted.lock().expect("receipts").clone();
-        let (http, token, cid) = &self.reader;
-        let history = history(http, token, cid).await;
-
-        // The history: gapless, each id once.
-        let seqs: Vec<i64> = history.iter().map(|m| m.1).collect();
-        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
-        assert_eq!(seqs, expected, "history is gapless and ordered");
-        let by_id: HashMap<&str, (i64, &str)> = history
-            .iter()
-            .map(|(id, seq, body)| (id.as_str(), (*seq, body.as_str())))
-            .collect();
-        assert_eq!(by_id.len(), history.len(), "a message id appears twice");
-        // Each sender's messages are in the order it sent them.
-        let mut last: HashMap<&str, u64> = HashMap::new();
-        for (_, seq, body) in &history {
-            let (who, n) = body.split_once('-').expect("sender-counter body");
-            let n: u64 = n.parse().expect("counter");
-            if let Some(prev) = last.insert(who, n) {
-                assert!(
-                    prev < n,
-                    "sender {who}: message {n} at seq {seq} after {prev}"
-                );
-            }
+        let mut targets = Vec::new();
+        let mut unreceipted = 0;
+        for (c, (cid, token)) in self.conversations.iter().enumerate() {
+            let mine: Vec<&Receipted> = receipted
+                .iter()
+                .filter(|r| self.conv_of[r.0] == c)
+                .collect();
+            let (target, more) = check_history(&self.http, token, cid, &mine).await;
+            targets.push(target);
+            unreceipted += more;
         }
-        // Every receipted message is there once, with the seq its RECEIPT named.
-        let mut target = BTreeMap::new();
-        for (idx, n, id, seq) in &receipted {
-            let (stored_seq, body) = by_id
-                .get(id.as_str())
-                .unwrap_or_else(|| panic!("receipted message {idx}-{n} ({id}) lost"));
-            assert_eq!(stored_seq, seq, "seq of {idx}-{n}");
-            assert_eq!(*body, format!("{idx}-{n}"));
-            target.insert(*seq, id.clone());
-        }
-        assert_eq!(target.len(), receipted.len(), "two RECEIPTs with one seq");
 
         // Every subscriber gets every receipted message.
-        let _ = self.target.send(Some(Arc::new(target.clone())));
+        let _ = self.target.send(Some(Arc::new(targets.clone())));
         let mut senders = Vec::new();
         for t in self.tasks {
             senders.push(t.await.expect("sender task"));
         }
         for s in &senders {
-            for (seq, id) in &target {
+            for (seq, id) in &targets[s.conv] {
                 assert_eq!(
                     s.received.get(seq),
                     Some(id),
@@ -545,21 +653,118 @@ impl Load {
                 );
             }
         }
-        let unreceipted: HashSet<i64> = seqs
-            .iter()
-            .copied()
-            .filter(|s| !target.contains_key(s))
-            .collect();
         eprintln!(
-            "{} receipted, {} more stored without a RECEIPT; per sender: connections {:?}, duplicates {:?}, refused {:?}",
+            "{} receipted in {} conversations, {unreceipted} more stored without a RECEIPT; per sender: connections {:?}, duplicates {:?}, refused {:?}",
             receipted.len(),
-            unreceipted.len(),
+            self.conversations.len(),
             senders.iter().map(|s| s.connections).collect::<Vec<_>>(),
             senders.iter().map(|s| s.duplicates).collect::<Vec<_>>(),
             senders.iter().map(|s| s.errors.len()).collect::<Vec<_>>(),
         );
-        (senders, unreceipted.len())
+        (senders, unreceipted)
     }
+}
+
+/// Checks conversation `cid`'s history against its `receipted` messages
+/// (see the module comment); returns what its members must have received
+/// (seq → id) and how many stored messages got no RECEIPT.
+async fn check_history(
+    http: &str,
+    token: &str,
+    cid: &str,
+    receipted: &[&Receipted],
+) -> (BTreeMap<i64, String>, usize) {
+    let history = history(http, token, cid).await;
+
+    // The history: gapless, each id once.
+    let seqs: Vec<i64> = history.iter().map(|m| m.1).collect();
+    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "history is gapless and ordered");
+    let by_id: HashMap<&str, (i64, &str)> = history
+        .iter()
+        .map(|(id, seq, body)| (id.as_str(), (*seq, body.as_str())))
+        .collect();
+    assert_eq!(by_id.len(), history.len(), "a message id appears twice");
+    // Each sender's messages are in the order it sent them.
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for (_, seq, body) in &history {
+        let (who, n) = body.split_once('-').expect("sender-counter body");
+        let n: u64 = n.parse().expect("counter");
+        if let Some(prev) = last.insert(who, n) {
+            assert!(
+                prev < n,
+                "sender {who}: message {n} at seq {seq} after {prev}"
+            );
+        }
+    }
+    // Every receipted message is there once, with the seq its RECEIPT named.
+    let mut target = BTreeMap::new();
+    for (idx, n, id, seq) in receipted {
+        let (stored_seq, body) = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("receipted message {idx}-{n} ({id}) lost"));
+        assert_eq!(stored_seq, seq, "seq of {idx}-{n}");
+        assert_eq!(*body, format!("{idx}-{n}"));
+        target.insert(*seq, id.clone());
+    }
+    assert_eq!(target.len(), receipted.len(), "two RECEIPTs with one seq");
+    let unreceipted: HashSet<i64> = seqs
+        .iter()
+        .copied()
+        .filter(|s| !target.contains_key(s))
+        .collect();
+    (target, unreceipted.len())
+}
+
+/// Registers `n` users, spread over the first [`INSTANCES`] instances.
+async fn users(cluster: &Cluster, n: usize) -> Vec<User> {
+    let mut users = Vec::new();
+    for i in 0..n {
+        let home = i % INSTANCES;
+        let name = format!("f{i}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let (id, token) = register(&cluster.http(home), &name).await;
+        users.push((id, token, home));
+    }
+    users
+}
+
+/// A group conversation of `creator` and `others`; its id.
+async fn group(cluster: &Cluster, creator: &User, others: &[User]) -> String {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/api/conversations", cluster.http(0)))
+        .bearer_auth(&creator.1)
+        .json(&json!({
+            "type": "group",
+            "name": "faults",
+            "memberIds": others.iter().map(|u| u.0.clone()).collect::<Vec<_>>(),
+        }))
+        .send()
+        .await
+        .expect("create conversation");
+    assert_eq!(res.status(), 201);
+    res.json::<serde_json::Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned()
+}
+
+/// The partition of the messages topic a send to conversation `cid` goes
+/// to: the producer's default partitioner (librdkafka's
+/// `consistent_random`) takes the CRC-32 of the key, the conversation id.
+/// The rebalance test checks the outcome against the topic's offsets.
+fn partition_of(cid: &str, partitions: u32) -> u32 {
+    let mut crc = !0u32;
+    for b in cid.bytes() {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc % partitions
 }
 
 /// The whole history of `cid`: (id, seq, body) in seq order.
@@ -577,14 +782,20 @@ async fn history(http: &str, token: &str, cid: &str) -> Vec<(String, i64, String
         .collect()
 }
 
-/// Runs `scenario` on a fresh cluster, printing the instances' logs when it
-/// fails; then drops `db` (the shared PostgreSQL's scratch database), if any.
-async fn with_cluster<F, Fut>(db: Option<PgDatabase>, db_url: &str, redis_url: &str, scenario: F)
-where
+/// Runs `scenario` on a fresh cluster (`env`: more of the instances'
+/// environment), printing the instances' logs when it fails; then drops
+/// `db` (the shared PostgreSQL's scratch database), if any.
+async fn with_cluster<F, Fut>(
+    db: Option<PgDatabase>,
+    db_url: &str,
+    redis_url: &str,
+    env: Vec<(String, String)>,
+    scenario: F,
+) where
     F: FnOnce(Arc<Cluster>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let cluster = Arc::new(Cluster::start(db_url, redis_url).await);
+    let cluster = Arc::new(Cluster::start(db_url, redis_url, env).await);
     let outcome = tokio::spawn(scenario(cluster.clone())).await;
     if outcome.is_err() {
         eprintln!("{}", cluster.logs());
@@ -630,6 +841,119 @@ async fn restarts_during_load<S: Restartable + Send + 'static>(
     }
 }
 
+/// Twice during load a new instance starts: it joins the persisters'
+/// consumer group, which rebalances, and takes over partitions. Then an
+/// original instance leaves, the first time by SIGKILL, the second by
+/// SIGTERM; its clients connect to another instance and resume with
+/// `since-seq`, and its partitions move to the others.
+///
+/// A member that leaves (SIGTERM) says so, and the group rebalances at
+/// once. A member that died (SIGKILL) is dropped by the coordinator once
+/// its session timed out; then every member must rejoin. tansu (0.6) tells
+/// only the member whose heartbeat noticed, so the others keep their old
+/// partitions and the dead member's stay without an owner until the next
+/// change of membership. The test therefore waits, after the SIGKILL, only
+/// until the group noticed (a survivor's partitions were assigned again),
+/// and checks that every partition has an owner after the next instance
+/// joined.
+async fn rebalances_during_load(cluster: Arc<Cluster>, kafka: KafkaConfig) {
+    let started = Instant::now();
+    let load = Load::start_on_every_partition(&cluster, kafka.partitions).await;
+    load.receipts(ROUND).await;
+    let ends = support::kafka::end_offsets(&kafka).await;
+    assert!(
+        ends.iter().all(|e| *e > 0),
+        "a partition carries no load: end offsets {ends:?}"
+    );
+    let mut live: Vec<usize> = (0..INSTANCES).collect();
+    for (victim, kill) in [(2, true), (1, false)] {
+        let assigned = cluster.metric(&live, ASSIGNED).await;
+        let joined = cluster.add().await;
+        // Every partition carries load: the newcomer stores sends once the
+        // rebalance gave it partitions, and then every conversation (every
+        // partition) makes progress.
+        cluster
+            .metric_above(
+                &[joined],
+                PERSISTED,
+                0.0,
+                "the new instance got no partition",
+            )
+            .await;
+        cluster
+            .metric_above(
+                &live,
+                ASSIGNED,
+                assigned,
+                "no rebalance when an instance joined",
+            )
+            .await;
+        live.push(joined);
+        // The instance about to leave still has partitions of its own.
+        let persisted = cluster.metric(&[victim], PERSISTED).await;
+        load.receipts(ROUND).await;
+        cluster
+            .metric_above(
+                &[victim],
+                PERSISTED,
+                persisted,
+                "the leaving instance has no partition",
+            )
+            .await;
+        eprintln!("{:?}: instance {joined} joined", started.elapsed());
+
+        live.retain(|n| *n != victim);
+        let assigned = cluster.metric(&live, ASSIGNED).await;
+        load.new_attempts(Duration::from_secs(10)).await;
+        if kill {
+            cluster.kill(victim);
+        } else {
+            cluster.terminate(victim).await;
+        }
+        cluster
+            .metric_above(
+                &live,
+                ASSIGNED,
+                assigned,
+                "no rebalance when an instance left",
+            )
+            .await;
+        if !kill {
+            // Its partitions moved: every conversation makes progress again.
+            load.receipts(ROUND).await;
+        }
+        eprintln!(
+            "{:?}: instance {victim} left ({})",
+            started.elapsed(),
+            if kill { "SIGKILL" } else { "SIGTERM" }
+        );
+    }
+    let (senders, _) = load.finish().await;
+    for s in senders.iter().filter(|s| s.home != 0) {
+        assert!(s.connections >= 2, "sender {} never moved", s.idx);
+    }
+    eprintln!("{:?}: checked", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_joining_and_leaving_the_kafka_group_during_load_lose_no_receipted_message() {
+    let Some(kafka) = support::kafka::config(PARTITIONS) else {
+        return;
+    };
+    if services::redis_admin().await.is_none() {
+        return;
+    }
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let url = db.url.clone();
+    let env = support::kafka::env(&kafka);
+    with_cluster(Some(db), &url, &services::redis_url(), env, |cluster| {
+        rebalances_during_load(cluster, kafka)
+    })
+    .await;
+}
+
 /// An instance is SIGKILLed during steady load; its clients connect to the
 /// other instances and resume with `since-seq`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,6 +969,7 @@ async fn an_instance_killed_during_load_loses_no_receipted_message() {
         Some(db),
         &url,
         &services::redis_url(),
+        Vec::new(),
         |cluster| async move {
             let load = Load::start(&cluster).await;
             load.receipts(ROUND).await;
@@ -675,7 +1000,7 @@ async fn redis_restarted_during_load_loses_no_receipted_message() {
     };
     let (url, redis_url) = (db.url.clone(), redis.url());
     let redis = Arc::new(Mutex::new(redis));
-    with_cluster(Some(db), &url, &redis_url, |cluster| {
+    with_cluster(Some(db), &url, &redis_url, Vec::new(), |cluster| {
         restarts_during_load(cluster, redis, true)
     })
     .await;
@@ -698,7 +1023,7 @@ async fn postgres_restarted_during_load_loses_no_receipted_message() {
     let pg = Arc::new(Mutex::new(pg));
     let scenario_pg = pg.clone();
     let outcome = tokio::spawn(async move {
-        with_cluster(None, &url, &services::redis_url(), |cluster| {
+        with_cluster(None, &url, &services::redis_url(), Vec::new(), |cluster| {
             restarts_during_load(cluster, scenario_pg, false)
         })
         .await
