@@ -151,10 +151,10 @@ impl Cluster {
         }
     }
 
-    /// The sum over instances `nodes` of `series` (a metric's name and
-    /// labels as `/metrics` renders them; 0 where never recorded).
-    async fn metric(&self, nodes: &[usize], series: &str) -> f64 {
-        let mut sum = 0.0;
+    /// `series` (a metric's name and labels as `/metrics` renders them) on
+    /// each instance of `nodes` now; 0 where never recorded.
+    async fn read(&self, nodes: &[usize], series: &'static str) -> Reading {
+        let mut values = Vec::new();
         for node in nodes {
             let text = reqwest::get(format!("http://{}/metrics", self.http(*node)))
                 .await
@@ -162,26 +162,40 @@ impl Cluster {
                 .text()
                 .await
                 .expect("metrics body");
-            sum += text
-                .lines()
-                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or(0.0);
+            values.push(
+                text.lines()
+                    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+                    .unwrap_or(0.0),
+            );
         }
-        sum
+        Reading {
+            nodes: nodes.to_vec(),
+            series,
+            values,
+        }
     }
 
-    /// Waits (at most [`PROGRESS_WAIT`]) until [`Cluster::metric`] of
-    /// `nodes` and `series` is above `floor`.
-    async fn metric_above(&self, nodes: &[usize], series: &str, floor: f64, what: &str) {
+    /// Waits (at most [`PROGRESS_WAIT`]) until the metric of `before` has
+    /// grown on every one of its instances, or on any one.
+    async fn grown(&self, before: &Reading, on: On, what: &str) {
         let deadline = Instant::now() + PROGRESS_WAIT;
         loop {
-            let now = self.metric(nodes, series).await;
-            if now > floor {
+            let now = self.read(&before.nodes, before.series).await;
+            let mut grew = now.values.iter().zip(&before.values).map(|(n, b)| n > b);
+            let done = match on {
+                On::Every => grew.all(|g| g),
+                On::Any => grew.any(|g| g),
+            };
+            if done {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: {series} on instances {nodes:?} stayed at {now}"
+                "{what}: {} on instances {:?} went from {:?} to {:?}",
+                before.series,
+                before.nodes,
+                before.values,
+                now.values
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -198,6 +212,19 @@ impl Cluster {
             })
             .unwrap_or_default()
     }
+}
+
+/// A metric's values on some instances ([`Cluster::read`]).
+struct Reading {
+    nodes: Vec<usize>,
+    series: &'static str,
+    values: Vec<f64>,
+}
+
+/// Where [`Cluster::grown`] waits for a metric to grow.
+enum On {
+    Every,
+    Any,
 }
 
 /// What a sender has done so far, readable while it runs.
@@ -847,15 +874,17 @@ async fn restarts_during_load<S: Restartable + Send + 'static>(
 /// SIGTERM; its clients connect to another instance and resume with
 /// `since-seq`, and its partitions move to the others.
 ///
-/// A member that leaves (SIGTERM) says so, and the group rebalances at
-/// once. A member that died (SIGKILL) is dropped by the coordinator once
-/// its session timed out; then every member must rejoin. tansu (0.6) tells
-/// only the member whose heartbeat noticed, so the others keep their old
-/// partitions and the dead member's stay without an owner until the next
-/// change of membership. The test therefore waits, after the SIGKILL, only
-/// until the group noticed (a survivor's partitions were assigned again),
-/// and checks that every partition has an owner after the next instance
-/// joined.
+/// The consumers use the eager rebalance protocol: on every change of
+/// membership each member has its partitions revoked and assigned anew,
+/// which its `assign` counter shows. A member that leaves (SIGTERM) says
+/// so, and the group rebalances at once. A member that died (SIGKILL) is
+/// dropped by the coordinator once its session timed out, and then every
+/// member should rejoin; tansu (0.6) tells only the member whose heartbeat
+/// noticed, so the others keep their old partitions and the dead member's
+/// stay without an owner until the next change of membership. After the
+/// SIGKILL the test therefore waits only until the group noticed (one
+/// survivor's partitions were assigned again), and checks that every
+/// partition has an owner again after the next instance joined.
 async fn rebalances_during_load(cluster: Arc<Cluster>, kafka: KafkaConfig) {
     let started = Instant::now();
     let load = Load::start_on_every_partition(&cluster, kafka.partitions).await;
@@ -866,59 +895,50 @@ async fn rebalances_during_load(cluster: Arc<Cluster>, kafka: KafkaConfig) {
         "a partition carries no load: end offsets {ends:?}"
     );
     let mut live: Vec<usize> = (0..INSTANCES).collect();
+    // The group has formed: every instance stores its share.
+    let persisted = cluster.read(&live, PERSISTED).await;
+    cluster
+        .grown(&persisted, On::Every, "an instance has no partition")
+        .await;
     for (victim, kill) in [(2, true), (1, false)] {
-        let assigned = cluster.metric(&live, ASSIGNED).await;
+        let assigned = cluster.read(&live, ASSIGNED).await;
         let joined = cluster.add().await;
-        // Every partition carries load: the newcomer stores sends once the
-        // rebalance gave it partitions, and then every conversation (every
-        // partition) makes progress.
+        let persisted = cluster.read(&[joined], PERSISTED).await;
+        // Every member is assigned partitions anew, the newcomer some, and
+        // as every partition carries load, it stores messages.
         cluster
-            .metric_above(
-                &[joined],
-                PERSISTED,
-                0.0,
-                "the new instance got no partition",
-            )
+            .grown(&assigned, On::Every, "no rebalance on a join")
             .await;
         cluster
-            .metric_above(
-                &live,
-                ASSIGNED,
-                assigned,
-                "no rebalance when an instance joined",
-            )
+            .grown(&persisted, On::Every, "the newcomer has no partition")
             .await;
         live.push(joined);
+        // Every partition has an owner: every conversation makes progress.
         // The instance about to leave still has partitions of its own.
-        let persisted = cluster.metric(&[victim], PERSISTED).await;
+        let persisted = cluster.read(&[victim], PERSISTED).await;
         load.receipts(ROUND).await;
         cluster
-            .metric_above(
-                &[victim],
-                PERSISTED,
-                persisted,
+            .grown(
+                &persisted,
+                On::Every,
                 "the leaving instance has no partition",
             )
             .await;
         eprintln!("{:?}: instance {joined} joined", started.elapsed());
 
         live.retain(|n| *n != victim);
-        let assigned = cluster.metric(&live, ASSIGNED).await;
+        let assigned = cluster.read(&live, ASSIGNED).await;
         load.new_attempts(Duration::from_secs(10)).await;
         if kill {
             cluster.kill(victim);
+            cluster
+                .grown(&assigned, On::Any, "the killed instance stays in the group")
+                .await;
         } else {
             cluster.terminate(victim).await;
-        }
-        cluster
-            .metric_above(
-                &live,
-                ASSIGNED,
-                assigned,
-                "no rebalance when an instance left",
-            )
-            .await;
-        if !kill {
+            cluster
+                .grown(&assigned, On::Every, "no rebalance on a leave")
+                .await;
             // Its partitions moved: every conversation makes progress again.
             load.receipts(ROUND).await;
         }
