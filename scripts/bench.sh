@@ -30,6 +30,9 @@
 #   BENCH_PG             PostgreSQL server for chat runs, as host:port
 #                        (default 127.0.0.1:5432, role postgres, trust auth);
 #                        each run gets a scratch database, dropped afterwards
+#   BENCH_STOMPLINE      a stompline binary to measure instead of building
+#                        this tree's (e.g. an older build kept for an A/B
+#                        comparison in one sitting)
 #   BENCH_NICE           e.g. -10: run the load generator, stompline and (for
 #                        the length of the run) every RabbitMQ thread at this
 #                        niceness, so other work on a shared machine disturbs
@@ -68,9 +71,9 @@ JSON=$OUT/results.jsonl
 : >"$JSON"
 
 log "building release binaries"
-cargo build --release --quiet --bin stompline -p stompline -p stompline-loadgen
+cargo build --release --quiet -p stompline -p stompline-loadgen --bin stompline --bin stompline-loadgen
 LOADGEN=$ROOT/target/release/stompline-loadgen
-STOMPLINE=$ROOT/target/release/stompline
+STOMPLINE=${BENCH_STOMPLINE:-$ROOT/target/release/stompline}
 
 # The load generator and both servers raise their soft limit to this.
 NOFILE=$(ulimit -Hn)

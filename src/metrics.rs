@@ -42,6 +42,12 @@ pub mod names {
     pub const MESSAGES_PERSISTED: &str = "stompline_messages_persisted_total";
     /// Histogram: messages per persister batch.
     pub const PERSIST_BATCH: &str = "stompline_persist_batch_size";
+    /// Histogram: seconds one persister batch spent in the store (the
+    /// transaction, commit included).
+    pub const PERSIST_SECONDS: &str = "stompline_persist_seconds";
+    /// Histogram: seconds from a batch's commit until its events and
+    /// acknowledgements were handed to the relay.
+    pub const PUBLISH_SECONDS: &str = "stompline_persist_publish_seconds";
     /// Counter: persister batches that failed and were retried.
     pub const PERSIST_FAILURES: &str = "stompline_persist_failures_total";
     /// Counter: outbox rows published by the sweeper (left behind by a
@@ -209,6 +215,16 @@ fn describe() {
         names::PERSIST_BATCH,
         Unit::Count,
         "Messages per persister batch."
+    );
+    metrics::describe_histogram!(
+        names::PERSIST_SECONDS,
+        Unit::Seconds,
+        "Seconds a persister batch spent in the store, commit included."
+    );
+    metrics::describe_histogram!(
+        names::PUBLISH_SECONDS,
+        Unit::Seconds,
+        "Seconds from a batch's commit until its events were handed to the relay."
     );
     describe_counter!(
         names::PERSIST_FAILURES,

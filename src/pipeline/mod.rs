@@ -105,11 +105,15 @@ pub async fn run_persister(
             }
         };
         metrics::histogram!(names::PERSIST_BATCH).record(batch.len() as f64);
+        let started = std::time::Instant::now();
         let outcomes = persist_with_retry(&*store, &batch).await;
+        metrics::histogram!(names::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
         if let Err(e) = consumer.commit().await {
             tracing::warn!(error = %e, "committing the bus position failed");
         }
+        let started = std::time::Instant::now();
         publish_outcomes(&*relay, events.as_deref(), &followups, &batch, outcomes).await;
+        metrics::histogram!(names::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
     }
 }
 
