@@ -45,6 +45,7 @@ on_both_backends! {
     concurrent_sweepers_take_disjoint_rows => sqlite_outbox_sweepers, pg_outbox_sweepers;
     search_is_scoped_ranked_and_in_step => sqlite_search_messages, pg_search_messages;
     search_input_is_plain_words => sqlite_search_plain_words, pg_search_plain_words;
+    search_sees_changes_made_before_indexing => sqlite_search_before_indexing, pg_search_before_indexing;
     user_search_ignores_case => sqlite_search_users, pg_search_users;
     contacts_blocks_and_presence_audience => sqlite_contacts, pg_contacts;
     last_seen_round_trip => sqlite_last_seen, pg_last_seen;
@@ -1308,6 +1309,82 @@ async fn search_is_scoped_ranked_and_in_step(store: Arc<dyn Store>) {
     assert!(search(&u[0], "apple", None, 10, 0).await.is_empty());
 }
 
+/// Edits, tombstones and retention that reach a message before any search
+/// (on SQLite: before the message left the indexing queue), and batches
+/// larger than one indexing transaction.
+async fn search_sees_changes_made_before_indexing(store: Arc<dyn Store>) {
+    let u = users(&*store, &["ann", "bob"]).await;
+    let c = group(&*store, &u[0], &[&u[1]]).await;
+    let old = store::now() - Duration::days(8);
+    let ancient = NewMessage {
+        created_at: old,
+        ..msg(&c, &u[0], "walnut ancient")
+    };
+    store.persist_messages(vec![ancient]).await.unwrap();
+    let edited = send(&*store, &c, &u[0], "walnut original").await;
+    let gone = send(&*store, &c, &u[1], "walnut tombstone").await;
+    let kept = send(&*store, &c, &u[1], "walnut kept").await;
+    store
+        .edit_message(&edited.id, "walnut rewritten", store::now(), vec![])
+        .await
+        .unwrap();
+    store
+        .delete_message(&gone.id, store::now(), vec![])
+        .await
+        .unwrap();
+    let cutoff = store::now() - Duration::days(7);
+    assert_eq!(store.delete_messages_before(cutoff, 10).await.unwrap(), 1);
+
+    let search = |q: &'static str| {
+        let store = store.clone();
+        let user = u[1].id.clone();
+        async move {
+            let mut bodies: Vec<String> = store
+                .search_messages(&user, q, None, 100, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.body)
+                .collect();
+            bodies.sort();
+            bodies
+        }
+    };
+    assert_eq!(search("walnut").await, ["walnut kept", "walnut rewritten"]);
+    assert!(search("original").await.is_empty());
+    assert!(search("tombstone").await.is_empty());
+    assert!(search("ancient").await.is_empty());
+
+    // Once indexed, the same changes still keep the index in step.
+    store
+        .edit_message(&kept.id, "walnut changed again", store::now(), vec![])
+        .await
+        .unwrap();
+    store
+        .delete_message(&edited.id, store::now(), vec![])
+        .await
+        .unwrap();
+    assert_eq!(search("walnut").await, ["walnut changed again"]);
+    assert!(search("kept").await.is_empty());
+
+    // More rows than one indexing transaction takes, searchable at once.
+    let many: Vec<_> = (0..2500)
+        .map(|i| msg(&c, &u[0], &format!("bulk token{i}")))
+        .collect();
+    store.persist_messages(many).await.unwrap();
+    for q in ["token0", "token999", "token1000", "token2499"] {
+        assert_eq!(search(q).await.len(), 1, "{q}");
+    }
+    assert_eq!(
+        store
+            .search_messages(&u[1].id, "bulk", None, 3000, 0)
+            .await
+            .unwrap()
+            .len(),
+        2500
+    );
+}
+
 async fn search_input_is_plain_words(store: Arc<dyn Store>) {
     let u = users(&*store, &["ann", "bob"]).await;
     let c = group(&*store, &u[0], &[&u[1]]).await;
@@ -1519,4 +1596,91 @@ async fn retention_deletes_in_bounded_batches(store: Arc<dyn Store>) {
     assert_eq!(c_now.last_seq, 26);
     assert_eq!(send(&*store, &c, &u[1], "next").await.seq, 27);
     assert_eq!(store.delete_messages_before(cutoff, 0).await.unwrap(), 0);
+}
+
+/// SQLite indexes messages for search after their transaction (a queue and a
+/// background pass). With sends, edits, tombstones, retention and searches
+/// all running at once, the index must end equal to the messages table:
+/// FTS5's own integrity check compares the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_search_index_matches_messages_after_concurrent_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store::open("", dir.path(), 4).await.expect("open sqlite");
+    store.migrate().await.expect("migrate sqlite");
+    let u = users(&*store, &["ann", "bob"]).await;
+    let c = group(&*store, &u[0], &[&u[1]]).await;
+    let old = store::now() - Duration::days(8);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..3 {
+        let (store, c, u) = (store.clone(), c.clone(), u.clone());
+        tasks.spawn(async move {
+            for round in 0..40 {
+                let batch: Vec<_> = (0..30)
+                    .map(|i| NewMessage {
+                        // Some rows are old enough for retention.
+                        created_at: if i % 7 == 0 { old } else { store::now() },
+                        ..msg(
+                            &c,
+                            &u[worker % 2],
+                            &format!("w{worker} r{round} item{i} plum"),
+                        )
+                    })
+                    .collect();
+                let made = store.persist_messages(batch).await.unwrap();
+                let made: Vec<Message> = made.iter().map(|p| created(p).clone()).collect();
+                // Changes right away (rows likely still queued) …
+                store
+                    .edit_message(&made[1].id, "edited at once fig", store::now(), vec![])
+                    .await
+                    .unwrap();
+                store
+                    .delete_message(&made[2].id, store::now(), vec![])
+                    .await
+                    .unwrap();
+                if round % 5 == 0 {
+                    store
+                        .search_messages(&u[0].id, "plum", None, 5, 0)
+                        .await
+                        .unwrap();
+                }
+                if round % 4 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                }
+                // … and later (rows likely indexed).
+                store
+                    .edit_message(&made[3].id, "edited later fig", store::now(), vec![])
+                    .await
+                    .unwrap();
+                store
+                    .delete_message(&made[4].id, store::now(), vec![])
+                    .await
+                    .unwrap();
+                store
+                    .delete_messages_before(store::now() - Duration::days(7), 5)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("worker");
+    }
+    // A search indexes whatever is still queued.
+    let figs = store
+        .search_messages(&u[0].id, "fig", None, 1000, 0)
+        .await
+        .unwrap();
+    assert_eq!(figs.len(), 3 * 40 * 2);
+
+    let conn = rusqlite::Connection::open(dir.path().join("stompline.db")).expect("open");
+    conn.execute(
+        "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)",
+        [],
+    )
+    .expect("the full-text index matches the messages table");
+    let queued: i64 = conn
+        .query_row("SELECT count(*) FROM messages_fts_queue", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 0);
 }

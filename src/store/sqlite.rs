@@ -22,6 +22,7 @@ use super::{
 };
 
 mod chat;
+mod search_index;
 
 mod embedded {
     refinery::embed_migrations!("migrations/sqlite");
@@ -35,6 +36,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     writer: Arc<ConnPool>,
     readers: Arc<ConnPool>,
+    search_index: Arc<search_index::SearchIndex>,
 }
 
 impl SqliteStore {
@@ -50,6 +52,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Arc::new(writer),
             readers: Arc::new(readers),
+            search_index: Arc::default(),
         })
     }
 
@@ -276,8 +279,10 @@ impl Store for SqliteStore {
             .clone()
             .run(|conn| Ok(embedded::migrations::runner().run(conn)))
             .await?
-            .map(|_| ())
-            .map_err(|e| StoreError::Migration(e.to_string()))
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        // Rows a crash left queued for the full-text index.
+        self.search_index.queued(&self.writer);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -671,7 +671,9 @@ impl ChatStore for SqliteStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |conn| persist_batch(conn, batch)).await
+        let outcomes = self.write(move |conn| persist_batch(conn, batch)).await?;
+        self.search_index.queued(&self.writer);
+        Ok(outcomes)
     }
 
     async fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
@@ -1076,6 +1078,8 @@ impl ChatStore for SqliteStore {
             return Ok(Vec::new());
         }
         let fts = fts_query(&words);
+        // Every committed message is searchable: index what is queued.
+        self.search_index.catch_up(&self.writer).await?;
         let user_id = user_id.to_string();
         let conversation_id = conversation_id.map(str::to_string);
         self.read(move |conn| {
