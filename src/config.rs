@@ -148,6 +148,9 @@ pub struct KafkaConfig {
     pub replication_factor: u32,
     /// Consumer group of the persisters.
     pub group_id: String,
+    /// How long the group waits for a silent member (a crashed instance)
+    /// before its partitions move to the others, in milliseconds.
+    pub session_timeout_ms: u32,
 }
 
 /// `[amqp]`
@@ -396,6 +399,7 @@ impl Default for KafkaConfig {
             partitions: 12,
             replication_factor: 1,
             group_id: "stompline-persister".into(),
+            session_timeout_ms: 10_000,
         }
     }
 }

@@ -276,6 +276,11 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
             "kafka.group_id",
             "must not be empty",
         );
+        c.check(
+            (3_000..=300_000).contains(&config.kafka.session_timeout_ms),
+            "kafka.session_timeout_ms",
+            "must be between 3000 and 300000",
+        );
     }
     if config.relay != RelayKind::Local && matches!(config.database(), Database::Sqlite(_)) {
         c.check(

@@ -64,6 +64,7 @@ pub fn with_brokers(brokers: &str, partitions: u32) -> KafkaConfig {
         partitions,
         replication_factor: 1,
         group_id: format!("test-{unique}"),
+        ..KafkaConfig::default()
     }
 }
 
@@ -82,6 +83,10 @@ pub fn env(config: &KafkaConfig) -> Vec<(String, String)> {
             config.partitions.to_string(),
         ),
         ("STOMPLINE_KAFKA__GROUP_ID".into(), config.group_id.clone()),
+        (
+            "STOMPLINE_KAFKA__SESSION_TIMEOUT_MS".into(),
+            config.session_timeout_ms.to_string(),
+        ),
     ]
 }
 
