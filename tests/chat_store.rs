@@ -1684,3 +1684,35 @@ async fn sqlite_search_index_matches_messages_after_concurrent_changes() {
         .unwrap();
     assert_eq!(queued, 0);
 }
+
+/// SQLite copies committed WAL frames into the database file from a
+/// checkpointer of its own, not only inside a commit that crosses the
+/// automatic-checkpoint threshold (thousands of pages, not reached here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store::open("", dir.path(), 4).await.expect("open sqlite");
+    store.migrate().await.expect("migrate sqlite");
+    let u = users(&*store, &["ann", "bob"]).await;
+    let c = group(&*store, &u[0], &[&u[1]]).await;
+    let db = dir.path().join("stompline.db");
+    // Settle what setup wrote, then measure the file.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = std::fs::metadata(&db).expect("db file").len();
+    let batch: Vec<_> = (0..2000)
+        .map(|i| msg(&c, &u[0], &format!("{i} {}", "x".repeat(400))))
+        .collect();
+    store.persist_messages(batch).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = std::fs::metadata(&db).expect("db file").len();
+        if now > before + 500_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {now} bytes (from {before}): nothing checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -47,10 +47,11 @@ impl SqliteStore {
         let readers = readers.clamp(1, 64) as usize;
         // The writer opens first: it creates the file and switches it to WAL,
         // which read-only connections cannot do.
-        let writer = ConnPool::new(path.clone(), Role::Writer, 1).await?;
-        let readers = ConnPool::new(path, Role::Reader, readers).await?;
+        let writer = Arc::new(ConnPool::new(path.clone(), Role::Writer, 1).await?);
+        let readers = ConnPool::new(path.clone(), Role::Reader, readers).await?;
+        spawn_checkpointer(path, Arc::downgrade(&writer));
         Ok(Self {
-            writer: Arc::new(writer),
+            writer,
             readers: Arc::new(readers),
             search_index: Arc::default(),
         })
@@ -140,6 +141,51 @@ impl ConnPool {
     }
 }
 
+/// How often the checkpointer copies committed WAL frames into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// WAL pages after which a commit itself checkpoints (SQLite's automatic
+/// checkpoint), as a backstop: the checkpointer normally keeps the WAL far
+/// shorter, so this only copies what it had not reached yet.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 4000;
+
+/// Checkpoints the WAL from a connection of its own, off the writer's
+/// commits: SQLite's automatic checkpoint runs inside the commit that
+/// crosses its threshold, and copying (and fsyncing) a thousand pages there
+/// held up the persister. `PASSIVE` never blocks the writer or readers. The
+/// thread ends once the store is gone.
+fn spawn_checkpointer(path: PathBuf, writer: std::sync::Weak<ConnPool>) {
+    let spawned = std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            let conn = match Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the WAL checkpointer cannot open the database; commits checkpoint instead");
+                    return;
+                }
+            };
+            while writer.strong_count() > 0 {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) =
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::debug!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the WAL checkpointer; commits checkpoint instead");
+    }
+}
+
 fn open_connection(path: &Path, role: Role) -> Result<Connection, rusqlite::Error> {
     let flags = match role {
         Role::Writer => {
@@ -161,6 +207,7 @@ fn open_connection(path: &Path, role: Role) -> Result<Connection, rusqlite::Erro
         // commit durable across power loss, which message receipts promise.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
