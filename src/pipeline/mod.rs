@@ -62,9 +62,34 @@ pub async fn run_persister(
     events: Option<Arc<dyn EventSink>>,
     shutdown: CancellationToken,
 ) {
-    // Unread counters and outbox clean-up run beside the loop, so the next
-    // batch is not held up by them.
+    // Publishing a batch's events and acknowledgements runs beside the loop,
+    // in batch order, while the next batch is stored: the store (one writer
+    // on SQLite) is the pipeline's narrowest step, so it should not wait for
+    // the relay. Unread counters and outbox clean-up follow the publishing.
+    let (published_tx, mut published_rx) =
+        tokio::sync::mpsc::channel::<(Vec<SendCommand>, Vec<Persisted>)>(PUBLISH_QUEUE);
     let followups = Followups::spawn(store.clone(), relay.clone());
+    let publisher = tokio::spawn(async move {
+        while let Some((batch, outcomes)) = published_rx.recv().await {
+            let started = std::time::Instant::now();
+            publish_outcomes(&*relay, events.as_deref(), &followups, &batch, outcomes).await;
+            metrics::histogram!(names::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+        }
+    });
+    persist_loop(&mut consumer, &*store, &shutdown, published_tx).await;
+    // The loop ended (and dropped its sender): what it stored is published.
+    let _ = publisher.await;
+}
+
+/// Batches waiting to be published before the persister stops taking more.
+const PUBLISH_QUEUE: usize = 4;
+
+async fn persist_loop(
+    consumer: &mut impl BusConsumer,
+    store: &dyn Store,
+    shutdown: &CancellationToken,
+    published: tokio::sync::mpsc::Sender<(Vec<SendCommand>, Vec<Persisted>)>,
+) {
     let mut read_failures: u32 = 0;
     loop {
         // After shutdown began, what is still on an in-process bus is
@@ -106,14 +131,14 @@ pub async fn run_persister(
         };
         metrics::histogram!(names::PERSIST_BATCH).record(batch.len() as f64);
         let started = std::time::Instant::now();
-        let outcomes = persist_with_retry(&*store, &batch).await;
+        let outcomes = persist_with_retry(store, &batch).await;
         metrics::histogram!(names::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
         if let Err(e) = consumer.commit().await {
             tracing::warn!(error = %e, "committing the bus position failed");
         }
-        let started = std::time::Instant::now();
-        publish_outcomes(&*relay, events.as_deref(), &followups, &batch, outcomes).await;
-        metrics::histogram!(names::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+        if published.send((batch, outcomes)).await.is_err() {
+            return;
+        }
     }
 }
 
