@@ -282,28 +282,13 @@ fn persist_batch(
             .prepare_cached("SELECT last_seq, last_activity_at FROM conversations WHERE id = ?1")?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, body, \
-             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
         )?;
         let mut outbox = tx.prepare_cached(
             "INSERT INTO outbox (kind, conversation_id, message_id, payload, created_at) \
              VALUES (?1, ?2, ?3, '{}', ?4)",
         )?;
         for m in batch {
-            // Idempotency: the same key (or the same id, when a batch is
-            // retried) finds the original, also one created earlier in this
-            // batch.
-            let mut existing = by_id.query_row([&m.id], message_from_row).optional()?;
-            if existing.is_none() {
-                if let Some(key) = &m.client_msg_id {
-                    existing = by_key
-                        .query_row([&m.sender_id, key], message_from_row)
-                        .optional()?;
-                }
-            }
-            if let Some(original) = existing {
-                outcomes.push(Persisted::Duplicate(original));
-                continue;
-            }
             let member_key = (m.conversation_id.clone(), m.sender_id.clone());
             let member = match membership.entry(member_key.clone()) {
                 Entry::Occupied(e) => *e.get(),
@@ -311,37 +296,81 @@ fn persist_batch(
                     *e.insert(is_member.exists([&m.conversation_id, &m.sender_id])?)
                 }
             };
-            if !member {
-                outcomes.push(Persisted::NotMember);
-                continue;
-            }
-            let state = match conversations.entry(m.conversation_id.clone()) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    let (last_seq, last_activity_at) =
-                        seqs.query_row([&m.conversation_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                    e.insert(Seqs {
-                        last_seq,
-                        last_activity_at,
-                        changed: false,
-                    })
+            let state = if member {
+                match conversations.entry(m.conversation_id.clone()) {
+                    Entry::Occupied(e) => Some(e.into_mut()),
+                    Entry::Vacant(e) => {
+                        let (last_seq, last_activity_at) = seqs
+                            .query_row([&m.conversation_id], |row| {
+                                Ok((row.get(0)?, row.get(1)?))
+                            })?;
+                        Some(e.insert(Seqs {
+                            last_seq,
+                            last_activity_at,
+                            changed: false,
+                        }))
+                    }
                 }
+            } else {
+                None
             };
             let created_at = truncate_to_micros(m.created_at);
             let micros = to_micros(created_at);
+            // Insert first: a new message (nearly all of them) costs no
+            // lookup. Nothing inserted means the id (a retried batch) or the
+            // sender's key (a resent message, also one earlier in this
+            // batch) exists: the original answers.
+            let inserted = match &state {
+                Some(state) => {
+                    insert.execute(params![
+                        m.id,
+                        m.conversation_id,
+                        state.last_seq + 1,
+                        m.sender_id,
+                        m.client_msg_id,
+                        m.body,
+                        micros
+                    ])? == 1
+                }
+                None => false,
+            };
+            let state = match state {
+                Some(state) if inserted => state,
+                _ => {
+                    let mut existing = by_id.query_row([&m.id], message_from_row).optional()?;
+                    if existing.is_none() {
+                        if let Some(key) = &m.client_msg_id {
+                            existing = by_key
+                                .query_row([&m.sender_id, key], message_from_row)
+                                .optional()?;
+                        }
+                    }
+                    outcomes.push(match existing {
+                        Some(original) => Persisted::Duplicate(original),
+                        None if !member => Persisted::NotMember,
+                        // Only the (conversation, seq) key is left: seqs
+                        // are assigned here alone, so the store is not in
+                        // the state this writer believes.
+                        None => {
+                            return Err(rusqlite::Error::SqliteFailure(
+                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                                Some(format!(
+                                    "seq {} of conversation {} is taken",
+                                    conversations
+                                        .get(&m.conversation_id)
+                                        .map_or(0, |s| s.last_seq + 1),
+                                    m.conversation_id
+                                )),
+                            ))
+                        }
+                    });
+                    continue;
+                }
+            };
             state.last_seq += 1;
             state.last_activity_at = state.last_activity_at.max(micros);
             state.changed = true;
             let seq = state.last_seq;
-            insert.execute(params![
-                m.id,
-                m.conversation_id,
-                seq,
-                m.sender_id,
-                m.client_msg_id,
-                m.body,
-                micros
-            ])?;
             outbox.execute(params![MESSAGE_CREATED, m.conversation_id, m.id, outbox_at])?;
             let outbox_id = tx.last_insert_rowid();
             read_up_to.insert(member_key, seq);
