@@ -399,7 +399,7 @@ impl Default for KafkaConfig {
             partitions: 12,
             replication_factor: 1,
             group_id: "stompline-persister".into(),
-            session_timeout_ms: 10_000,
+            session_timeout_ms: 45_000,
         }
     }
 }

@@ -384,9 +384,8 @@ fn group_member(config: &KafkaConfig) -> Result<StreamConsumer<GroupContext>, Bu
         // (tansu does), and an idle persister's few empty fetches a second
         // cost little.
         .set("fetch.wait.max.ms", "10")
-        // A crashed instance's partitions wait this long for a new owner
-        // (librdkafka's default is 45 s); heart-beats go three times as
-        // often, as the protocol expects.
+        // A crashed instance's partitions wait this long for a new owner;
+        // heart-beats go three times as often, as the protocol expects.
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set(
             "heartbeat.interval.ms",
