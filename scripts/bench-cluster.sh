@@ -20,6 +20,8 @@
 #                     postgres, trust auth; a scratch database per run)
 #   BENCH_REDIS       Redis URL (default redis://127.0.0.1:6379)
 #   BENCH_KAFKA       Kafka bootstrap servers (default 127.0.0.1:9092)
+#   BENCH_STOMPLINE   a stompline binary to measure instead of this tree's
+#                     release build (for an A/B of two builds in one sitting)
 #
 # Runs the shapes of scripts/bench.sh's chat scenario (one busy group of
 # 20; 1,000 direct conversations) first at max rate, then at half the
@@ -46,7 +48,7 @@ log "building release binaries"
 cargo build --release -q -p stompline --bin stompline
 cargo build --release -q -p stompline-loadgen
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
-STOMPLINE=$TARGET_DIR/release/stompline
+STOMPLINE=${BENCH_STOMPLINE:-$TARGET_DIR/release/stompline}
 LOADGEN=$TARGET_DIR/release/stompline-loadgen
 
 PIDS=()
