@@ -159,12 +159,15 @@ fn batch(shape: &Shape, counter: &mut u64, size: usize) -> Vec<NewMessage> {
         .collect()
 }
 
+#[path = "../tests/support/pg.rs"]
+mod pg;
+
 /// A store to measure, and what to do with it afterwards.
 struct Backend {
     name: &'static str,
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
-    drop_pg: Option<(String, String)>,
+    pg: Option<pg::PgDatabase>,
 }
 
 async fn sqlite() -> Backend {
@@ -175,29 +178,15 @@ async fn sqlite() -> Backend {
         name: "sqlite",
         store,
         _dir: Some(dir),
-        drop_pg: None,
+        pg: None,
     }
 }
 
 async fn postgres(admin_url: &str) -> Backend {
-    let db = format!(
-        "bench_persist_{}_{}",
-        std::process::id(),
-        store::new_id().replace('-', "")
-    );
-    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+    let db = pg::PgDatabase::create_on(admin_url)
         .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .expect("create database");
-    let url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{db}"),
-        None => panic!("STOMPLINE_BENCH_POSTGRES_URL needs a database path"),
-    };
-    let store = store::open(&url, std::path::Path::new("."), 8)
+        .expect("PostgreSQL at STOMPLINE_BENCH_POSTGRES_URL");
+    let store = store::open(&db.url, std::path::Path::new("."), 8)
         .await
         .expect("open postgres");
     store.migrate().await.expect("migrate");
@@ -205,7 +194,7 @@ async fn postgres(admin_url: &str) -> Backend {
         name: "postgres",
         store,
         _dir: None,
-        drop_pg: Some((admin_url.to_string(), db)),
+        pg: Some(db),
     }
 }
 
@@ -242,17 +231,9 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, make: &dyn Fn(
             });
         }
         group.finish();
-        if let Some((admin, db)) = &backend.drop_pg {
+        if let Some(db) = backend.pg {
             drop(backend.store);
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
-                    .await
-                    .expect("connect to PostgreSQL");
-                tokio::spawn(conn);
-                let _ = client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                    .await;
-            });
+            rt.block_on(db.drop_database());
         }
     }
 }

@@ -29,6 +29,13 @@ impl PgDatabase {
             .ok()
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_string());
+        PgDatabase::create_on(&admin_url).await
+    }
+
+    /// Creates `stompline_test_<uuid>` on the server of `admin_url` (a
+    /// role allowed to create databases), or `None` as [`Self::create`].
+    pub async fn create_on(admin_url: &str) -> Option<PgDatabase> {
+        let admin_url = admin_url.to_string();
         let admin = admin_connection(&admin_url).await?;
         let name = format!("stompline_test_{}", uuid::Uuid::new_v4().simple());
         admin

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::Notify;
 
 use super::ConnPool;
@@ -21,7 +21,7 @@ use crate::store::StoreError;
 
 /// Most rows indexed in one transaction: bounds how long the writer is held
 /// away from the persister.
-pub(super) const CHUNK: i64 = 1000;
+const CHUNK: i64 = 1000;
 
 /// How long the background pass lets rows gather after a commit queued
 /// some, so that busy periods index in few, large transactions.
@@ -96,20 +96,15 @@ async fn drain(writer: &Arc<ConnPool>) -> Result<(), StoreError> {
 
 /// Moves up to `limit` queued rows (lowest row numbers first) into the
 /// index in one transaction; returns how many left the queue.
-pub(super) fn index_chunk(conn: &mut Connection, limit: i64) -> rusqlite::Result<usize> {
+fn index_chunk(conn: &mut Connection, limit: i64) -> rusqlite::Result<usize> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let last: Option<i64> = tx
-        .prepare_cached("SELECT n FROM messages_fts_queue ORDER BY n LIMIT 1 OFFSET ?1")?
-        .query_row([limit.max(1) - 1], |row| row.get(0))
-        .optional()?;
-    let last = match last {
-        Some(n) => n,
-        None => match tx.query_row("SELECT max(n) FROM messages_fts_queue", [], |row| {
-            row.get::<_, Option<i64>>(0)
-        })? {
-            Some(n) => n,
-            None => return Ok(0),
-        },
+        .prepare_cached(
+            "SELECT max(n) FROM (SELECT n FROM messages_fts_queue ORDER BY n LIMIT ?1)",
+        )?
+        .query_row([limit.max(1)], |row| row.get(0))?;
+    let Some(last) = last else {
+        return Ok(0);
     };
     tx.prepare_cached(
         "INSERT INTO messages_fts (rowid, body) \
