@@ -185,6 +185,13 @@ impl Cluster {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
+    /// The direct conversation of the token's user and `other`, created on
+    /// instance `node`.
+    async fn direct(&self, node: usize, token: &str, other: &str) -> String {
+        self.conversation(node, token, json!({"type": "direct", "memberIds": [other]}))
+            .await
+    }
+
     async fn conversation(&self, node: usize, token: &str, body: Value) -> String {
         let v = self
             .call(
@@ -385,13 +392,7 @@ async fn users_on_different_instances_converse(cluster: std::sync::Arc<Cluster>)
     let mut bob = user(&cluster, 1, "bob").await;
     let mut carol = user(&cluster, 2, "carol").await;
 
-    let direct = cluster
-        .conversation(
-            0,
-            &alice.token,
-            json!({"type": "direct", "memberIds": [bob.id]}),
-        )
-        .await;
+    let direct = cluster.direct(0, &alice.token, &bob.id).await;
     alice
         .client
         .subscribe("q", "/user/queue/messages", "auto")
@@ -501,13 +502,7 @@ async fn a_removed_member_stops_receiving_on_another_instance(cluster: std::sync
             json!({"type": "group", "name": "team", "memberIds": [leaver.id, stayer.id]}),
         )
         .await;
-    let direct = cluster
-        .conversation(
-            0,
-            &owner.token,
-            json!({"type": "direct", "memberIds": [leaver.id]}),
-        )
-        .await;
+    let direct = cluster.direct(0, &owner.token, &leaver.id).await;
     let topic = format!("/topic/chat/{group}");
     leaver.client.subscribe("g", &topic, "auto").await;
     leaver
@@ -572,13 +567,7 @@ async fn a_removed_member_stops_receiving_on_another_instance(cluster: std::sync
 async fn since_seq_resumes_on_another_instance(cluster: std::sync::Arc<Cluster>) {
     let reader = user(&cluster, 0, "reader").await;
     let mut writer = user(&cluster, 1, "writer").await;
-    let cid = cluster
-        .conversation(
-            1,
-            &writer.token,
-            json!({"type": "direct", "memberIds": [reader.id]}),
-        )
-        .await;
+    let cid = cluster.direct(1, &writer.token, &reader.id).await;
     let topic = format!("/topic/chat/{cid}");
     let mut first = reader.client;
     first.subscribe("c", &topic, "auto").await;
@@ -651,13 +640,7 @@ async fn generic_topics_cross_instances(cluster: std::sync::Arc<Cluster>) {
 async fn presence_crosses_instances(cluster: std::sync::Arc<Cluster>) {
     let (alice_id, alice_token) = cluster.register(0, "pres_alice").await;
     let mut bob = user(&cluster, 1, "pres_bob").await;
-    cluster
-        .conversation(
-            1,
-            &bob.token,
-            json!({"type": "direct", "memberIds": [alice_id]}),
-        )
-        .await;
+    cluster.direct(1, &bob.token, &alice_id).await;
     bob.client
         .subscribe("p", "/user/queue/presence", "auto")
         .await;
@@ -693,13 +676,7 @@ async fn presence_crosses_instances(cluster: std::sync::Arc<Cluster>) {
 async fn a_lost_relay_connection_is_filled_from_the_store(cluster: std::sync::Arc<Cluster>) {
     let mut reader = user(&cluster, 1, "resync_reader").await;
     let mut writer = user(&cluster, 0, "resync_writer").await;
-    let cid = cluster
-        .conversation(
-            0,
-            &writer.token,
-            json!({"type": "direct", "memberIds": [reader.id]}),
-        )
-        .await;
+    let cid = cluster.direct(0, &writer.token, &reader.id).await;
     reader
         .client
         .subscribe("c", &format!("/topic/chat/{cid}"), "auto")
@@ -737,13 +714,7 @@ async fn a_lost_relay_connection_is_filled_from_the_store(cluster: std::sync::Ar
 async fn readyz_follows_the_relay_connection(cluster: std::sync::Arc<Cluster>) {
     let mut reader = user(&cluster, 1, "ready_reader").await;
     let mut writer = user(&cluster, 0, "ready_writer").await;
-    let cid = cluster
-        .conversation(
-            0,
-            &writer.token,
-            json!({"type": "direct", "memberIds": [reader.id]}),
-        )
-        .await;
+    let cid = cluster.direct(0, &writer.token, &reader.id).await;
     reader
         .client
         .subscribe("c", &format!("/topic/chat/{cid}"), "auto")
