@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use stomp_codec::{Command, Frame};
+use stompline::config::KafkaConfig;
 use support::kafka::PrivateBroker;
 use support::Client;
 
@@ -127,10 +128,12 @@ impl Ledger {
     }
 }
 
-/// A server on `broker` with the sender listening for errors and the
+/// Partitions of the test's messages topic.
+const PARTITIONS: u32 = 3;
+
+/// A server on `kafka` with the sender listening for errors and the
 /// recipient subscribed, after 20 sends stored while the broker answers.
-async fn steady(broker: &PrivateBroker) -> Option<(support::kafka::KafkaChat, String, Ledger)> {
-    let kafka = support::kafka::with_brokers(&broker.brokers, 3);
+async fn steady(kafka: KafkaConfig) -> Option<(support::kafka::KafkaChat, String, Ledger)> {
     let mut t = support::kafka::KafkaChat::start(kafka).await?;
     let cid = t.cid.clone();
     t.alice
@@ -154,7 +157,11 @@ async fn a_frozen_kafka_broker_delays_or_fails_sends_and_loses_no_receipted_mess
     let Some(broker) = PrivateBroker::start() else {
         return;
     };
-    let Some((mut t, cid, mut ledger)) = steady(&broker).await else {
+    let mut kafka = support::kafka::with_brokers(&broker.brokers, PARTITIONS);
+    // Shorter than the freeze: the coordinator evicts the persister's
+    // member meanwhile, and the group has to be formed anew.
+    kafka.session_timeout_ms = 10_000;
+    let Some((mut t, cid, mut ledger)) = steady(kafka.clone()).await else {
         return;
     };
     // The broker stops answering: sends wait, then fail; none gets a
@@ -175,7 +182,44 @@ async fn a_frozen_kafka_broker_delays_or_fails_sends_and_loses_no_receipted_mess
     assert_eq!(ledger.receipted.len(), 40);
 
     check(&mut t, &ledger).await;
+    every_partition_consumed(&mut t, &kafka).await;
     t.finish().await;
+}
+
+/// Sends to new conversations until each partition of the messages topic
+/// has carried one; every send must be stored (the persister owns every
+/// partition again, not only the one of the conversation checked so far).
+async fn every_partition_consumed(t: &mut support::kafka::KafkaChat, kafka: &KafkaConfig) {
+    let chat = t.srv.running.shared.chat.clone();
+    let mut before = support::kafka::end_offsets(kafka).await;
+    let mut carried = HashSet::new();
+    for n in 0.. {
+        if carried.len() == before.len() {
+            return;
+        }
+        assert!(n < 40, "no send went to partitions other than {carried:?}");
+        let group = chat
+            .create_group(&t.alice_id, &format!("p{n}"), &[])
+            .await
+            .expect("group")
+            .id;
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let receipt = format!("p{n}-{attempt}");
+            match send(&mut t.alice, &group, "hello", &format!("p{n}"), &receipt).await {
+                Outcome::Receipt(..) => break,
+                outcome => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a send to group {n} was never stored: {outcome:?}"
+                ),
+            }
+        }
+        let after = support::kafka::end_offsets(kafka).await;
+        carried.extend((0..after.len()).filter(|p| after[*p] > before[*p]));
+        before = after;
+    }
 }
 
 /// Every message that received a RECEIPT is in history exactly once, in
@@ -248,7 +292,8 @@ async fn a_kafka_broker_killed_and_restarted_empty_loses_no_receipted_message() 
     let Some(mut broker) = PrivateBroker::start() else {
         return;
     };
-    let Some((mut t, cid, mut ledger)) = steady(&broker).await else {
+    let kafka = support::kafka::with_brokers(&broker.brokers, PARTITIONS);
+    let Some((mut t, cid, mut ledger)) = steady(kafka).await else {
         return;
     };
     // The broker dies and comes back empty (in memory: topics, log and

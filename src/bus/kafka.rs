@@ -25,7 +25,9 @@
 //! is replaced (the producer at most once per [`REBUILD_EVERY`]). A
 //! consumer that lost every broker connection is dropped at once and
 //! replaced when the broker answers: librdkafka 2.12.1 was seen to crash
-//! when an old consumer met a recreated topic.
+//! when an old consumer met a recreated topic. A consumer that holds no
+//! partition assignment for long while the broker answers is replaced too
+//! (`KafkaConsumer::check_assignment`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +67,21 @@ const REBUILD_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the consumer may fail without a record before it is replaced.
 pub const CONSUMER_REBUILD_AFTER: Duration = Duration::from_secs(10);
+
+/// How often a consumer waiting for a record checks that it holds an
+/// assignment.
+const ASSIGNMENT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest the check that the broker answers waits.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a member may hold no assignment, with the broker answering,
+/// before it is replaced: a rebalance normally completes within the
+/// session timeout (by then the members that stopped answering are
+/// evicted).
+fn unassigned_limit(config: &KafkaConfig) -> Duration {
+    Duration::from_millis(u64::from(config.session_timeout_ms)) + CONSUMER_REBUILD_AFTER
+}
 
 /// How often librdkafka reports statistics (consumer lag).
 const STATS_INTERVAL_MS: &str = "5000";
@@ -324,6 +341,10 @@ impl EventSink for KafkaEvents {
 pub struct GroupContext {
     /// Set when partitions were revoked: the batch being gathered ends.
     revoked: AtomicBool,
+    /// Whether the member holds an assignment from the group (possibly of
+    /// no partition): set when one is handed out, cleared when it is
+    /// revoked or lost, until the next rebalance completes.
+    assigned: AtomicBool,
 }
 
 impl ClientContext for GroupContext {
@@ -356,14 +377,19 @@ impl ConsumerContext for GroupContext {
                 // the persister after its database commit, so what this
                 // instance had not stored is read again by the next owner.
                 self.revoked.store(true, Ordering::SeqCst);
+                self.assigned.store(false, Ordering::SeqCst);
                 metrics::counter!(names::KAFKA_REBALANCES, "kind" => "revoke").increment(1);
                 tracing::info!(partitions = tpl.count(), "Kafka partitions revoked");
             }
             Rebalance::Assign(tpl) => {
+                self.assigned.store(true, Ordering::SeqCst);
                 metrics::counter!(names::KAFKA_REBALANCES, "kind" => "assign").increment(1);
                 tracing::info!(partitions = tpl.count(), "Kafka partitions assigned");
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka rebalance failed"),
+            Rebalance::Error(e) => {
+                self.assigned.store(false, Ordering::SeqCst);
+                tracing::warn!(error = %e, "Kafka rebalance failed");
+            }
         }
     }
 }
@@ -372,6 +398,7 @@ impl ConsumerContext for GroupContext {
 fn group_member(config: &KafkaConfig) -> Result<StreamConsumer<GroupContext>, BusError> {
     let ctx = GroupContext {
         revoked: AtomicBool::new(false),
+        assigned: AtomicBool::new(false),
     };
     let consumer: StreamConsumer<GroupContext> = base_config(config)
         .set("group.id", &config.group_id)
@@ -401,6 +428,25 @@ fn group_member(config: &KafkaConfig) -> Result<StreamConsumer<GroupContext>, Bu
     Ok(consumer)
 }
 
+/// Whether the broker answers a metadata request for `topic` within
+/// [`PROBE_TIMEOUT`], asked through `consumer` (dropped off the runtime's
+/// threads).
+async fn answers(consumer: Arc<StreamConsumer<GroupContext>>, topic: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&topic), Timeout::After(PROBE_TIMEOUT))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Drops a replaced member off the runtime's threads: closing it waits for
+/// the broker (leaving the group) when it holds the last reference.
+fn retire(old: Arc<StreamConsumer<GroupContext>>) {
+    tokio::task::spawn_blocking(move || drop(old));
+}
+
 /// The consuming side: this instance's member of the persisters' group.
 pub struct KafkaConsumer {
     /// `None` after every broker connection was lost, until the broker
@@ -410,6 +456,12 @@ pub struct KafkaConsumer {
     config: KafkaConfig,
     /// Since when every receive failed (reset by a record).
     failing_since: Option<std::time::Instant>,
+    /// Since when the member has held no assignment (reset by one, and by
+    /// replacing the member).
+    unassigned_since: Option<std::time::Instant>,
+    /// Since when the broker has answered every check made while the
+    /// member held no assignment.
+    answering_since: Option<std::time::Instant>,
     topic: String,
     /// Next offset to commit per partition, for what was handed out since
     /// the last commit.
@@ -424,6 +476,8 @@ impl KafkaConsumer {
             consumer: Some(Arc::new(group_member(config)?)),
             config: config.clone(),
             failing_since: None,
+            unassigned_since: None,
+            answering_since: None,
             topic: messages_topic(config),
             pending: BTreeMap::new(),
         })
@@ -435,7 +489,9 @@ impl KafkaConsumer {
     /// drops).
     async fn recover(&mut self, e: &KafkaError) {
         if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.consumer = None;
+            if let Some(old) = self.consumer.take() {
+                retire(old);
+            }
         }
         let since = *self
             .failing_since
@@ -443,6 +499,53 @@ impl KafkaConsumer {
         if self.consumer.is_some() && since.elapsed() < CONSUMER_REBUILD_AFTER {
             return;
         }
+        self.rejoin().await;
+    }
+
+    /// Replaces a member that has held no assignment for
+    /// [`unassigned_limit`] while the broker answered all that time
+    /// (checked every [`ASSIGNMENT_CHECK_EVERY`] while no record arrives).
+    ///
+    /// A member normally gets one within a rebalance, and librdkafka
+    /// rejoins by itself after every group error, but a coordinator can
+    /// keep refusing a member: tansu 0.6, after a pause longer than the
+    /// session timeout, can keep naming as the group's leader a member it
+    /// already evicted, so every member that joins waits as a follower for
+    /// a leader that never comes (see docs/CONFIG.md). A second member
+    /// joining while the first one waits makes tansu reread the group and
+    /// elect a leader. Waiting for the broker to have answered that long
+    /// also lets the members it invented from join requests sent while it
+    /// was paused expire first: the first assignment then leaves them out
+    /// (partitions of an expired member stay without an owner on tansu
+    /// until the membership changes again).
+    async fn check_assignment(&mut self) {
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
+        if consumer.context().assigned.load(Ordering::SeqCst) {
+            self.unassigned_since = None;
+            self.answering_since = None;
+            return;
+        }
+        let now = std::time::Instant::now();
+        let unassigned = *self.unassigned_since.get_or_insert(now);
+        if !answers(consumer, self.topic.clone()).await {
+            self.answering_since = None;
+            return;
+        }
+        let answering = *self.answering_since.get_or_insert(now);
+        let limit = unassigned_limit(&self.config);
+        if unassigned.elapsed() < limit || answering.elapsed() < limit {
+            return;
+        }
+        tracing::warn!(
+            unassigned_s = unassigned.elapsed().as_secs(),
+            "the Kafka consumer has held no partition assignment; replacing it"
+        );
+        // Should this attempt fail, or the new member get nothing either,
+        // the next one waits as long again.
+        self.unassigned_since = Some(now);
+        self.answering_since = None;
         self.rejoin().await;
     }
 
@@ -454,9 +557,13 @@ impl KafkaConsumer {
         }
         match group_member(&self.config) {
             Ok(fresh) => {
-                self.consumer = Some(Arc::new(fresh));
+                if let Some(old) = self.consumer.replace(Arc::new(fresh)) {
+                    retire(old);
+                }
                 self.pending.clear();
                 self.failing_since = None;
+                self.unassigned_since = None;
+                self.answering_since = None;
                 metrics::counter!(names::KAFKA_CLIENT_REBUILDS, "client" => "consumer")
                     .increment(1);
                 tracing::warn!("replaced the Kafka consumer");
@@ -489,22 +596,36 @@ impl BusConsumer for KafkaConsumer {
         if self.consumer.is_none() {
             self.rejoin().await;
         }
-        let Some(consumer) = self.consumer.clone() else {
-            return Err(backend("waiting for the Kafka brokers to answer"));
-        };
-        consumer.context().revoked.store(false, Ordering::SeqCst);
-        // Wait for the first record, then take what is already there.
-        while batch.is_empty() {
-            let m = match consumer.recv().await {
-                Ok(m) => m,
-                Err(e) => {
-                    self.recover(&e).await;
-                    return Err(backend(e));
-                }
-            };
-            self.failing_since = None;
-            batch.extend(self.take(&m));
+        if let Some(consumer) = &self.consumer {
+            consumer.context().revoked.store(false, Ordering::SeqCst);
         }
+        // Wait for the first record (checking meanwhile that the member
+        // holds an assignment), then take what is already there.
+        let consumer = loop {
+            let Some(consumer) = self.consumer.clone() else {
+                return Err(backend("waiting for the Kafka brokers to answer"));
+            };
+            let mut failed = None;
+            match tokio::time::timeout(ASSIGNMENT_CHECK_EVERY, consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    self.failing_since = None;
+                    batch.extend(self.take(&m));
+                }
+                Ok(Err(e)) => failed = Some(e),
+                Err(_) => {}
+            }
+            if !batch.is_empty() {
+                break consumer;
+            }
+            // Not held across a replacement: the last reference to a
+            // replaced member is dropped off the runtime.
+            drop(consumer);
+            if let Some(e) = failed {
+                self.recover(&e).await;
+                return Err(backend(e));
+            }
+            self.check_assignment().await;
+        };
         while batch.len() < max && !consumer.context().revoked.load(Ordering::SeqCst) {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => batch.extend(self.take(&m)),
