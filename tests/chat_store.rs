@@ -1716,3 +1716,82 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// PostgreSQL merges the full-text index's pending list from a task of its
+/// own, so that no persister transaction is the one that crosses
+/// `gin_pending_list_limit` and merges megabytes inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_search_pending_list_is_merged_in_the_background() {
+    let Some(db) = pg::PgDatabase::create().await else {
+        return;
+    };
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = db.url.clone();
+    let outcome = tokio::spawn(async move {
+        let store = store::open(&url, scratch.path(), 8)
+            .await
+            .expect("open postgres");
+        store.migrate().await.expect("migrate postgres");
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+            .await
+            .expect("pgstattuple (PostgreSQL's contrib modules)");
+        let pending = || async {
+            client
+                .query_one(
+                    "SELECT pending_pages::bigint FROM pgstatginindex('messages_search_idx')",
+                    &[],
+                )
+                .await
+                .expect("pgstatginindex")
+                .get::<_, i64>(0)
+        };
+        let u = users(&*store, &["ann", "bob"]).await;
+        let c = group(&*store, &u[0], &[&u[1]]).await;
+        // Stop here while the list still has pages: merging is what is
+        // being looked for, so it must have had something to merge.
+        let mut seen_pending = false;
+        for round in 0..20 {
+            let batch: Vec<_> = (0..500)
+                .map(|i| msg(&c, &u[0], &format!("word{round}x{i} other{i} common text")))
+                .collect();
+            store.persist_messages(batch).await.expect("persist");
+            if pending().await > 0 {
+                seen_pending = true;
+                break;
+            }
+        }
+        assert!(
+            seen_pending,
+            "sends never left anything in the pending list"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let pages = pending().await;
+            if pages == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pages} pages still pending: nothing merges the list in the background"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Merged entries are found as before.
+        let found = store
+            .search_messages(&u[1].id, "word0x7", None, 10, 0)
+            .await
+            .expect("search");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].body, "word0x7 other7 common text");
+    })
+    .await;
+    db.drop_database().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

@@ -31,9 +31,21 @@ const MIGRATION_LOCK_KEY: i64 = 0x73746f6d706c696e;
 
 type Manager = PostgresConnectionManager<NoTls>;
 
+/// How often the search index's pending list is merged into the index, off
+/// the persister's transactions.
+const SEARCH_CLEAN_EVERY: Duration = Duration::from_millis(100);
+
 /// A [`Store`] on PostgreSQL.
 pub struct PostgresStore {
     pool: Pool<Manager>,
+    /// The search index's cleaner, stopped with the store.
+    search_cleaner: tokio::task::AbortHandle,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.search_cleaner.abort();
+    }
 }
 
 impl PostgresStore {
@@ -55,7 +67,11 @@ impl PostgresStore {
             .max_size(pool_size.max(1))
             .connection_timeout(CONNECTION_TIMEOUT)
             .build_unchecked(manager);
-        Ok(Self { pool })
+        let search_cleaner = tokio::spawn(clean_search_index(pool.clone())).abort_handle();
+        Ok(Self {
+            pool,
+            search_cleaner,
+        })
     }
 
     async fn conn(&self) -> Result<PooledConnection<'_, Manager>, StoreError> {
@@ -65,6 +81,48 @@ impl PostgresStore {
                 StoreError::Unavailable("timed out waiting for a database connection".into())
             }
         })
+    }
+}
+
+/// Merges the full-text index's pending list into the index every
+/// [`SEARCH_CLEAN_EVERY`].
+///
+/// A GIN index with `fastupdate` (the default) takes new entries into an
+/// unsorted pending list, which searches read too, and the insert that
+/// finds the list over `gin_pending_list_limit` (4 MB) merges all of it
+/// inside its own statement. For the persister that was a transaction of a
+/// few milliseconds taking a few hundred once every few thousand messages:
+/// the tail of SEND→RECEIPT latency. Merged from here, in small steps, the
+/// list never reaches the limit; a merge already running makes an insert's
+/// own attempt a no-op. Instances doing this at once take turns the same
+/// way.
+async fn clean_search_index(pool: Pool<Manager>) {
+    let mut tick = tokio::time::interval(SEARCH_CLEAN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Ok(conn) = pool.get().await else {
+            continue;
+        };
+        // Nothing to do before the migrations have created the index.
+        let cleaned = conn
+            .execute(
+                "SELECT gin_clean_pending_list(i) \
+                 FROM (SELECT to_regclass('messages_search_idx') AS i) s WHERE i IS NOT NULL",
+                &[],
+            )
+            .await;
+        match cleaned {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                // E.g. a role that does not own the index: inserts merge
+                // the list themselves, as without this task.
+                tracing::warn!(error = %e, "merging the search index's pending list failed");
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 
