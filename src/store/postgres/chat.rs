@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bb8::PooledConnection;
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, IsolationLevel, Row, Transaction};
 
 use super::{map_err, user_from_row, Manager, PostgresStore, USER_COLUMNS};
@@ -36,6 +36,10 @@ const MESSAGE_RETURNING: &str =
     "id, conversation_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted_at";
 
 type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// Parameters with their types, for statements sent in one round trip
+/// (`query_typed`: no separate prepare), used on the persister's path.
+type Typed<'a> = [(&'a (dyn ToSql + Sync), Type)];
 
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a Row,
@@ -604,13 +608,14 @@ impl ChatStore for PostgresStore {
             batch.iter().map(|m| m.conversation_id.as_str()).collect();
         conversation_ids.sort_unstable();
         conversation_ids.dedup();
-        let locked = query(
-            &tx,
-            "SELECT id, last_seq, last_activity_at FROM conversations \
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&conversation_ids],
-        )
-        .await?;
+        let locked = tx
+            .query_typed(
+                "SELECT id, last_seq, last_activity_at FROM conversations \
+                 WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[(&conversation_ids, Type::TEXT_ARRAY)],
+            )
+            .await
+            .map_err(map_err)?;
         let mut conversations: HashMap<String, Seqs> = HashMap::with_capacity(locked.len());
         for row in &locked {
             conversations.insert(
@@ -647,12 +652,20 @@ impl ChatStore for PostgresStore {
                JOIN unnest($2::text[], $3::text[]) AS k(sender_id, client_msg_id) \
                ON msg.sender_id = k.sender_id AND msg.client_msg_id = k.client_msg_id"
         );
-        let member_params: [&(dyn ToSql + Sync); 2] = [&in_conversations, &senders];
-        let existing_params: [&(dyn ToSql + Sync); 3] = [&ids, &key_senders, &keys];
+        let member_params: &Typed<'_> = &[
+            (&in_conversations, Type::TEXT_ARRAY),
+            (&senders, Type::TEXT_ARRAY),
+        ];
+        let existing_params: &Typed<'_> = &[
+            (&ids, Type::TEXT_ARRAY),
+            (&key_senders, Type::TEXT_ARRAY),
+            (&keys, Type::TEXT_ARRAY),
+        ];
         let (member_rows, existing_rows) = tokio::try_join!(
-            query(&tx, members_sql, &member_params),
-            query(&tx, &existing_sql, &existing_params),
-        )?;
+            tx.query_typed(members_sql, member_params),
+            tx.query_typed(&existing_sql, existing_params),
+        )
+        .map_err(map_err)?;
         let mut membership: HashSet<(String, String)> = HashSet::new();
         for row in &member_rows {
             membership.insert((get(row, 0)?, get(row, 1)?));
@@ -746,49 +759,61 @@ impl ChatStore for PostgresStore {
         let r_users: Vec<&str> = read_up_to.keys().map(|(_, u)| u.as_str()).collect();
         let r_seqs: Vec<i64> = read_up_to.values().copied().collect();
         let outbox_at = now();
-        let message_params: [&(dyn ToSql + Sync); 7] = [
-            &m_ids,
-            &m_conversations,
-            &m_seqs,
-            &m_senders,
-            &m_keys,
-            &m_bodies,
-            &m_times,
+        let message_params: &Typed<'_> = &[
+            (&m_ids, Type::TEXT_ARRAY),
+            (&m_conversations, Type::TEXT_ARRAY),
+            (&m_seqs, Type::INT8_ARRAY),
+            (&m_senders, Type::TEXT_ARRAY),
+            (&m_keys, Type::TEXT_ARRAY),
+            (&m_bodies, Type::TEXT_ARRAY),
+            (&m_times, Type::TIMESTAMPTZ_ARRAY),
         ];
-        let outbox_params: [&(dyn ToSql + Sync); 4] =
-            [&MESSAGE_CREATED, &m_conversations, &m_ids, &outbox_at];
-        let conversation_params: [&(dyn ToSql + Sync); 3] = [&c_ids, &c_seqs, &c_times];
-        let read_params: [&(dyn ToSql + Sync); 3] = [&r_conversations, &r_users, &r_seqs];
+        let outbox_params: &Typed<'_> = &[
+            (&MESSAGE_CREATED, Type::TEXT),
+            (&m_conversations, Type::TEXT_ARRAY),
+            (&m_ids, Type::TEXT_ARRAY),
+            (&outbox_at, Type::TIMESTAMPTZ),
+        ];
+        let conversation_params: &Typed<'_> = &[
+            (&c_ids, Type::TEXT_ARRAY),
+            (&c_seqs, Type::INT8_ARRAY),
+            (&c_times, Type::TIMESTAMPTZ_ARRAY),
+        ];
+        let read_params: &Typed<'_> = &[
+            (&r_conversations, Type::TEXT_ARRAY),
+            (&r_users, Type::TEXT_ARRAY),
+            (&r_seqs, Type::INT8_ARRAY),
+        ];
         let (_, outbox_rows, _, _) = tokio::try_join!(
-            tx.execute(
+            tx.execute_typed(
                 "INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, body, \
                  created_at) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], \
                    $5::text[], $6::text[], $7::timestamptz[])",
-                &message_params,
+                message_params,
             ),
-            tx.query(
+            tx.query_typed(
                 "INSERT INTO outbox (kind, conversation_id, message_id, payload, created_at) \
                  SELECT $1, conversation_id, message_id, '{}', $4 \
                  FROM unnest($2::text[], $3::text[]) WITH ORDINALITY \
                    AS e(conversation_id, message_id, ord) \
                  ORDER BY ord RETURNING id, message_id",
-                &outbox_params,
+                outbox_params,
             ),
-            tx.execute(
+            tx.execute_typed(
                 "UPDATE conversations c SET last_seq = v.last_seq, \
                  last_activity_at = GREATEST(c.last_activity_at, v.at) \
                  FROM unnest($1::text[], $2::int8[], $3::timestamptz[]) AS v(id, last_seq, at) \
                  WHERE c.id = v.id",
-                &conversation_params,
+                conversation_params,
             ),
-            tx.execute(
+            tx.execute_typed(
                 "UPDATE conversation_members m \
                  SET last_read_seq = GREATEST(m.last_read_seq, v.seq) \
                  FROM unnest($1::text[], $2::text[], $3::int8[]) \
                    AS v(conversation_id, user_id, seq) \
                  WHERE m.conversation_id = v.conversation_id AND m.user_id = v.user_id",
-                &read_params,
+                read_params,
             ),
         )
         .map_err(map_err)?;
@@ -977,9 +1002,12 @@ impl ChatStore for PostgresStore {
             return Ok(());
         }
         let conn = self.conn().await?;
-        conn.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
-            .await
-            .map_err(map_err)?;
+        conn.execute_typed(
+            "DELETE FROM outbox WHERE id = ANY($1)",
+            &[(&ids, Type::INT8_ARRAY)],
+        )
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
