@@ -149,10 +149,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// shorter, so this only copies what it had not reached yet.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 4000;
 
-/// The writer connection's page cache (64 MiB), filled only as pages are
-/// read.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
-
 /// Checkpoints the WAL from a connection of its own, off the writer's
 /// commits: SQLite's automatic checkpoint runs inside the commit that
 /// crosses its threshold, and copying (and fsyncing) a thousand pages there
@@ -212,43 +208,9 @@ fn open_connection(path: &Path, role: Role) -> Result<Connection, rusqlite::Erro
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
-        // The writer's page cache outlives its transactions (it is the only
-        // writer, so nothing invalidates it). Sends spread over many
-        // conversations touch an index leaf, a conversation row and a
-        // membership row each; SQLite's default 2 MiB held too few of them
-        // and every batch re-read pages from the file. Negative: KiB.
-        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
-}
-
-/// Runs `f` on the writer with commits that skip their fsync
-/// (`synchronous = NORMAL`), for writes whose loss on power failure costs a
-/// repeat and nothing else: deleting published outbox rows (the sweeper
-/// publishes them again; clients drop duplicates by id), moving delivered
-/// marks forward, indexing for search, claiming sweeper leases. Such a
-/// commit is still atomic and in order; it becomes durable with the next
-/// synced commit, whose fsync covers the WAL before it. An fsync costs as
-/// much as a whole batch of the persister's statements on a machine's
-/// ordinary disk, and these writes share the one writer with it.
-fn unsynced<T>(
-    conn: &mut Connection,
-    f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let result = f(conn);
-    // Every other write, receipts above all, needs the fsync back; those
-    // that promise durability also set it themselves (see `synced`).
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    result
-}
-
-/// Makes sure the next commit on `conn` fsyncs (`synchronous = FULL`), for
-/// writes that promise durability, whatever an earlier [`unsynced`] left
-/// behind after a failure.
-fn synced(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "synchronous", "FULL")
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -677,46 +639,5 @@ impl Store for SqliteStore {
             .map(|n| n as u64)
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn synchronous(conn: &Connection) -> i64 {
-        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .expect("read synchronous")
-    }
-
-    #[test]
-    fn unsynced_writes_skip_the_fsync_and_give_it_back_even_when_they_fail() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut conn =
-            open_connection(&dir.path().join("t.db"), Role::Writer).expect("open writer");
-        // 2 = FULL, 1 = NORMAL.
-        assert_eq!(synchronous(&conn), 2);
-        let inside = unsynced(&mut conn, |c| Ok(synchronous(c))).expect("unsynced write");
-        assert_eq!(inside, 1);
-        assert_eq!(synchronous(&conn), 2);
-        let failed: rusqlite::Result<()> = unsynced(&mut conn, |c| {
-            c.execute_batch("INSERT INTO no_such_table VALUES (1)")
-        });
-        assert!(failed.is_err());
-        assert_eq!(synchronous(&conn), 2);
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .expect("set NORMAL");
-        synced(&conn).expect("synced");
-        assert_eq!(synchronous(&conn), 2);
-    }
-
-    #[test]
-    fn the_writer_keeps_a_large_page_cache() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conn = open_connection(&dir.path().join("t.db"), Role::Writer).expect("open writer");
-        let kib: i64 = conn
-            .query_row("PRAGMA cache_size", [], |r| r.get(0))
-            .expect("read cache_size");
-        assert_eq!(kib, -WRITER_CACHE_KIB);
     }
 }

@@ -12,10 +12,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 
-use super::{
-    from_micros, opt_from_micros, synced, to_micros, unsynced, user_from_row, SqliteStore,
-    USER_COLUMNS,
-};
+use super::{from_micros, opt_from_micros, to_micros, user_from_row, SqliteStore, USER_COLUMNS};
 use crate::store::chat::search_words;
 use crate::store::{
     fold, now, truncate_to_micros, ChatStore, Conversation, ConversationKind, ConversationSummary,
@@ -263,8 +260,6 @@ fn persist_batch(
     conn: &mut Connection,
     batch: Vec<NewMessage>,
 ) -> rusqlite::Result<Vec<Persisted>> {
-    // A RECEIPT follows this commit: it must reach the disk.
-    synced(conn)?;
     let tx = begin(conn)?;
     let outbox_at = to_micros(now());
     let mut conversations: HashMap<String, Seqs> = HashMap::new();
@@ -874,16 +869,14 @@ impl ChatStore for SqliteStore {
             return Ok(());
         }
         self.write(move |conn| {
-            unsynced(conn, |conn| {
-                let tx = begin(conn)?;
-                {
-                    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-                    for id in ids {
-                        delete.execute([id])?;
-                    }
+            let tx = begin(conn)?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+                for id in ids {
+                    delete.execute([id])?;
                 }
-                tx.commit()
-            })
+            }
+            tx.commit()
         })
         .await
     }
@@ -909,9 +902,7 @@ impl ChatStore for SqliteStore {
     ) -> Result<Option<Watermark>, StoreError> {
         let (conversation_id, user_id) = (conversation_id.to_string(), user_id.to_string());
         self.write(move |conn| {
-            unsynced(conn, |conn| {
-                move_watermark(conn, Mark::Delivered, &conversation_id, &user_id, up_to_seq)
-            })
+            move_watermark(conn, Mark::Delivered, &conversation_id, &user_id, up_to_seq)
         })
         .await
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::Notify;
 
-use super::{unsynced, ConnPool};
+use super::ConnPool;
 use crate::store::StoreError;
 
 /// Most rows indexed in one transaction: bounds how long the writer is held
@@ -87,10 +87,7 @@ async fn background(writer: Weak<ConnPool>, index: Arc<SearchIndex>) {
 /// Indexes queued rows, one transaction per [`CHUNK`], until none are left.
 async fn drain(writer: &Arc<ConnPool>) -> Result<(), StoreError> {
     loop {
-        let moved = writer
-            .clone()
-            .run(|conn| unsynced(conn, |conn| index_chunk(conn, CHUNK)))
-            .await?;
+        let moved = writer.clone().run(|conn| index_chunk(conn, CHUNK)).await?;
         if moved < CHUNK as usize {
             return Ok(());
         }
