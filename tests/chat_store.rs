@@ -1722,16 +1722,7 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
 /// `gin_pending_list_limit` and merges megabytes inside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_search_pending_list_is_merged_in_the_background() {
-    let Some(db) = pg::PgDatabase::create().await else {
-        return;
-    };
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let url = db.url.clone();
-    let outcome = tokio::spawn(async move {
-        let store = store::open(&url, scratch.path(), 8)
-            .await
-            .expect("open postgres");
-        store.migrate().await.expect("migrate postgres");
+    backends::on_postgres_with_url(|store, url| async move {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .expect("connect");
@@ -1790,8 +1781,4 @@ async fn pg_search_pending_list_is_merged_in_the_background() {
         assert_eq!(found[0].body, "word0x7 other7 common text");
     })
     .await;
-    db.drop_database().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }

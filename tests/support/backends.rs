@@ -28,6 +28,16 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    on_postgres_with_url(|store, _url| check(store)).await;
+}
+
+/// [`on_postgres`], also handing `check` the scratch database's URL (for
+/// looking at the database beside the store).
+pub async fn on_postgres_with_url<F, Fut>(check: F)
+where
+    F: FnOnce(Arc<dyn Store>, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let Some(db) = PgDatabase::create().await else {
         return;
     };
@@ -39,7 +49,7 @@ where
         store.migrate().await.expect("migrate postgres");
         // A task of its own so a failed assertion still lets us drop the
         // database below.
-        tokio::spawn(check(store)).await
+        tokio::spawn(check(store, db.url.clone())).await
     }
     .await;
     db.drop_database().await;
