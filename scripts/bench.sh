@@ -34,9 +34,11 @@
 #                        this tree's (e.g. an older build kept for an A/B
 #                        comparison in one sitting)
 #   BENCH_NICE           e.g. -10: run the load generator, stompline and (for
-#                        the length of the run) every RabbitMQ thread at this
-#                        niceness, so other work on a shared machine disturbs
-#                        both servers less; RabbitMQ's is restored at the end
+#                        the length of the run) every RabbitMQ thread, and
+#                        for chat-postgres a local PostgreSQL's processes, at
+#                        this niceness, so other work on a shared machine
+#                        disturbs the servers less and none is favoured over
+#                        the database it waits on; restored at the end
 #
 # Changes RabbitMQ's configuration when needed: appends the two listener
 # ports to /etc/rabbitmq/rabbitmq.conf, enables the plugins, and restarts
@@ -98,8 +100,29 @@ cleanup() {
     fi
     [ -n "$SL_DIR" ] && rm -rf "$SL_DIR"
     pg_drop
+    pg_restore_nice
 }
 trap cleanup EXIT
+
+# With BENCH_NICE, a local PostgreSQL runs at that niceness too (its
+# postmaster and every process it has; backends forked later inherit it).
+PG_RENICED=()
+pg_renice() {
+    [ "$NICE" != 0 ] || return 0
+    case "${PG%:*}" in 127.0.0.1 | localhost | ::1) ;; *) return 0 ;; esac
+    local p
+    for p in $(pgrep -x postgres); do
+        PG_RENICED+=("$p:$(ps -o ni= -p "$p" | tr -d ' ')")
+        renice -n "$NICE" -p "$p" >/dev/null 2>&1 || true
+    done
+}
+pg_restore_nice() {
+    local e
+    for e in "${PG_RENICED[@]}"; do
+        renice -n "${e#*:}" -p "${e%%:*}" >/dev/null 2>&1 || true
+    done
+    PG_RENICED=()
+}
 
 PG_DB=
 pg_drop() {
@@ -304,6 +327,7 @@ for backend in sqlite postgres; do
         PG_DB=bench_chat_$$
         createdb -h "${PG%:*}" -p "${PG##*:}" -U postgres "$PG_DB"
         args=(--database-url "postgres://postgres@$PG/$PG_DB")
+        pg_renice
     fi
     stompline_start "${args[@]}"
     for shape in one many; do
@@ -315,6 +339,7 @@ for backend in sqlite postgres; do
     done
     stompline_stop
     pg_drop
+    pg_restore_nice
 done
 
 stompline_stop
