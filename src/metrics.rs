@@ -88,6 +88,10 @@ pub mod names {
     /// themselves (a broker that lost its state), label `client`
     /// (`producer` | `consumer`).
     pub const KAFKA_CLIENT_REBUILDS: &str = "stompline_kafka_client_rebuilds_total";
+    /// Counter: times this instance rejoined the consumer group because a
+    /// partition it does not own made no progress for long while its own
+    /// did (a coordinator that left a dead member's partitions ownerless).
+    pub const KAFKA_STALL_REJOINS: &str = "stompline_kafka_stall_rejoins_total";
     /// Counter: records of the messages topic that were not a readable send
     /// command (skipped).
     pub const KAFKA_MALFORMED: &str = "stompline_kafka_malformed_records_total";
@@ -275,6 +279,11 @@ fn describe() {
         names::KAFKA_CLIENT_REBUILDS,
         Unit::Count,
         "Kafka clients replaced after they could not recover, by client."
+    );
+    describe_counter!(
+        names::KAFKA_STALL_REJOINS,
+        Unit::Count,
+        "Rejoins of the consumer group for partitions left without progress elsewhere."
     );
     describe_counter!(
         names::KAFKA_MALFORMED,

@@ -63,6 +63,8 @@ const PARTITIONS: u32 = 6;
 const EXIT_WAIT: Duration = Duration::from_secs(60);
 /// Chat messages an instance's persister stored (duplicates not counted).
 const PERSISTED: &str = "stompline_messages_persisted_total";
+/// Times an instance rejoined the group for partitions nobody consumed.
+const STALL_REJOINS: &str = "stompline_kafka_stall_rejoins_total";
 /// Partition assignments an instance's consumer received.
 const ASSIGNED: &str = "stompline_kafka_rebalances_total{kind=\"assign\"}";
 
@@ -881,10 +883,10 @@ async fn restarts_during_load<S: Restartable + Send + 'static>(
 /// dropped by the coordinator once its session timed out, and then every
 /// member should rejoin; tansu (0.6) tells only the member whose heartbeat
 /// noticed, so the others keep their old partitions and the dead member's
-/// stay without an owner until the next change of membership. After the
-/// SIGKILL the test therefore waits only until the group noticed (one
-/// survivor's partitions were assigned again), and checks that every
-/// partition has an owner again after the next instance joined.
+/// would stay without an owner until the next change of membership. The
+/// survivors' stall watch sees those partitions make no progress while
+/// their own do, and rejoins: after the SIGKILL every conversation must
+/// make progress again before the next instance joins.
 async fn rebalances_during_load(cluster: Arc<Cluster>, kafka: KafkaConfig) {
     let started = Instant::now();
     let load = Load::start_on_every_partition(&cluster, kafka.partitions).await;
@@ -939,9 +941,11 @@ async fn rebalances_during_load(cluster: Arc<Cluster>, kafka: KafkaConfig) {
             cluster
                 .grown(&assigned, On::Every, "no rebalance on a leave")
                 .await;
-            // Its partitions moved: every conversation makes progress again.
-            load.receipts(ROUND).await;
         }
+        // Its partitions moved: every conversation makes progress again.
+        load.receipts(ROUND).await;
+        let rejoins = cluster.read(&live, STALL_REJOINS).await;
+        eprintln!("stall rejoins on {:?}: {:?}", rejoins.nodes, rejoins.values);
         eprintln!(
             "{:?}: instance {victim} left ({})",
             started.elapsed(),

@@ -27,10 +27,12 @@
 //! replaced when the broker answers: librdkafka 2.12.1 was seen to crash
 //! when an old consumer met a recreated topic. A consumer that holds no
 //! partition assignment for long while the broker answers is replaced too
-//! (`KafkaConsumer::check_assignment`).
+//! (`KafkaConsumer::check_assignment`), and so is one whose group leaves a
+//! partition without progress for long while its own partitions progress
+//! ([`super::stall`], watched by [`watch_stalls`]).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +52,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::events::{DomainEvent, EventSink};
+use super::stall::{Reading, StallWatch};
 use super::{Bus, BusConsumer, BusError, SendCommand};
 use crate::config::KafkaConfig;
 use crate::metrics::names;
@@ -82,6 +85,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 fn unassigned_limit(config: &KafkaConfig) -> Duration {
     Duration::from_millis(u64::from(config.session_timeout_ms)) + CONSUMER_REBUILD_AFTER
 }
+
+/// How often every partition's committed offset and end are read to find
+/// partitions nobody consumes.
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// How often librdkafka reports statistics (consumer lag).
 const STATS_INTERVAL_MS: &str = "5000";
@@ -345,6 +352,35 @@ pub struct GroupContext {
     /// no partition): set when one is handed out, cleared when it is
     /// revoked or lost, until the next rebalance completes.
     assigned: AtomicBool,
+    /// Which member of this instance it is ([`Membership::current`]).
+    id: u64,
+    membership: Arc<Membership>,
+}
+
+/// What this instance's current member of the group holds, shared with
+/// the stall watch ([`watch_stalls`]).
+#[derive(Default)]
+struct Membership {
+    /// The id of the current member: callbacks of a replaced one, still
+    /// closing, change nothing.
+    current: AtomicU64,
+    /// Partitions of the messages topic assigned to the current member.
+    owned: parking_lot::Mutex<BTreeSet<i32>>,
+    /// Set by the stall watch: the member should be replaced.
+    rejoin: AtomicBool,
+}
+
+impl GroupContext {
+    fn own(&self, partitions: Option<&TopicPartitionList>) {
+        if self.membership.current.load(Ordering::SeqCst) != self.id {
+            return;
+        }
+        let mut owned = self.membership.owned.lock();
+        owned.clear();
+        if let Some(tpl) = partitions {
+            owned.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -378,27 +414,38 @@ impl ConsumerContext for GroupContext {
                 // instance had not stored is read again by the next owner.
                 self.revoked.store(true, Ordering::SeqCst);
                 self.assigned.store(false, Ordering::SeqCst);
+                self.own(None);
                 metrics::counter!(names::KAFKA_REBALANCES, "kind" => "revoke").increment(1);
                 tracing::info!(partitions = tpl.count(), "Kafka partitions revoked");
             }
             Rebalance::Assign(tpl) => {
                 self.assigned.store(true, Ordering::SeqCst);
+                self.own(Some(tpl));
                 metrics::counter!(names::KAFKA_REBALANCES, "kind" => "assign").increment(1);
                 tracing::info!(partitions = tpl.count(), "Kafka partitions assigned");
             }
             Rebalance::Error(e) => {
                 self.assigned.store(false, Ordering::SeqCst);
+                self.own(None);
                 tracing::warn!(error = %e, "Kafka rebalance failed");
             }
         }
     }
 }
 
-/// A member of the persisters' group, subscribed to the messages topic.
-fn group_member(config: &KafkaConfig) -> Result<StreamConsumer<GroupContext>, BusError> {
+/// A member of the persisters' group, subscribed to the messages topic; it
+/// becomes `membership`'s current member.
+fn group_member(
+    config: &KafkaConfig,
+    membership: &Arc<Membership>,
+) -> Result<StreamConsumer<GroupContext>, BusError> {
+    let id = membership.current.fetch_add(1, Ordering::SeqCst) + 1;
+    membership.owned.lock().clear();
     let ctx = GroupContext {
         revoked: AtomicBool::new(false),
         assigned: AtomicBool::new(false),
+        id,
+        membership: membership.clone(),
     };
     let consumer: StreamConsumer<GroupContext> = base_config(config)
         .set("group.id", &config.group_id)
@@ -441,6 +488,90 @@ async fn answers(consumer: Arc<StreamConsumer<GroupContext>>, topic: String) -> 
     .unwrap_or(false)
 }
 
+/// A client of the group that does not join it: it reads the group's
+/// committed offsets and the partitions' ends for the stall watch.
+fn observer(config: &KafkaConfig) -> Result<BaseConsumer, BusError> {
+    base_config(config)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| backend(format!("creating the Kafka group observer: {e}")))
+}
+
+/// Every partition of `topic`: the group's committed offset (the start
+/// when it has none) and the end.
+fn read_partitions(client: &BaseConsumer, topic: &str) -> Result<Vec<Reading>, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), Timeout::After(REQUEST_TIMEOUT))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = client.committed_offsets(tpl, Timeout::After(REQUEST_TIMEOUT))?;
+    let mut readings = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let (start, end) =
+            client.fetch_watermarks(topic, partition, Timeout::After(REQUEST_TIMEOUT))?;
+        let committed = match committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => o.max(start),
+            _ => start,
+        };
+        readings.push(Reading {
+            partition,
+            committed,
+            end,
+        });
+    }
+    Ok(readings)
+}
+
+/// Every [`STALL_CHECK_EVERY`], reads every partition of the messages
+/// topic and asks the member to rejoin the group when [`StallWatch`] finds
+/// partitions nobody consumes (see [`super::stall`]).
+async fn watch_stalls(config: KafkaConfig, membership: Arc<Membership>) {
+    let client = match observer(&config) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no Kafka stall watch");
+            return;
+        }
+    };
+    let topic = messages_topic(&config);
+    let mut watch = StallWatch::new(unassigned_limit(&config));
+    let mut tick = tokio::time::interval(STALL_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (c, t) = (client.clone(), topic.clone());
+        let readings = tokio::task::spawn_blocking(move || read_partitions(&c, &t)).await;
+        let Ok(Ok(readings)) = readings else {
+            // Counted again from the next answer: a broker that was away
+            // leaves the group time to settle first.
+            watch.forget();
+            continue;
+        };
+        let owned = membership.owned.lock().clone();
+        let stalled = watch.observe(std::time::Instant::now(), &readings, &owned);
+        if !stalled.is_empty() {
+            tracing::warn!(
+                ?stalled,
+                ?owned,
+                "Kafka partitions without progress and without an owner here; rejoining the group"
+            );
+            metrics::counter!(names::KAFKA_STALL_REJOINS).increment(1);
+            membership.rejoin.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Drops a replaced member off the runtime's threads: closing it waits for
 /// the broker (leaving the group) when it holds the last reference.
 fn retire(old: Arc<StreamConsumer<GroupContext>>) {
@@ -466,20 +597,35 @@ pub struct KafkaConsumer {
     /// Next offset to commit per partition, for what was handed out since
     /// the last commit.
     pending: BTreeMap<i32, i64>,
+    membership: Arc<Membership>,
+    /// The stall watch, stopped with the consumer.
+    watch: tokio::task::AbortHandle,
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 impl KafkaConsumer {
     /// Joins the group `config.group_id` and subscribes to the messages
     /// topic.
+    /// Must be called on the runtime: it starts the stall watch.
     pub fn new(config: &KafkaConfig) -> Result<KafkaConsumer, BusError> {
+        let membership = Arc::new(Membership::default());
+        let consumer = Arc::new(group_member(config, &membership)?);
+        let watch = tokio::spawn(watch_stalls(config.clone(), membership.clone()));
         Ok(KafkaConsumer {
-            consumer: Some(Arc::new(group_member(config)?)),
+            consumer: Some(consumer),
             config: config.clone(),
             failing_since: None,
             unassigned_since: None,
             answering_since: None,
             topic: messages_topic(config),
             pending: BTreeMap::new(),
+            membership,
+            watch: watch.abort_handle(),
         })
     }
 
@@ -555,12 +701,14 @@ impl KafkaConsumer {
         if ensure_topics(&self.config).await.is_err() {
             return;
         }
-        match group_member(&self.config) {
+        match group_member(&self.config, &self.membership) {
             Ok(fresh) => {
                 if let Some(old) = self.consumer.replace(Arc::new(fresh)) {
                     retire(old);
                 }
                 self.pending.clear();
+                // Whatever asked for it, the stall watch's request is met.
+                self.membership.rejoin.store(false, Ordering::SeqCst);
                 self.failing_since = None;
                 self.unassigned_since = None;
                 self.answering_since = None;
@@ -593,7 +741,7 @@ impl BusConsumer for KafkaConsumer {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SendCommand>, BusError> {
         let max = max.max(1);
         let mut batch = Vec::new();
-        if self.consumer.is_none() {
+        if self.consumer.is_none() || self.membership.rejoin.swap(false, Ordering::SeqCst) {
             self.rejoin().await;
         }
         if let Some(consumer) = &self.consumer {
@@ -623,6 +771,10 @@ impl BusConsumer for KafkaConsumer {
             if let Some(e) = failed {
                 self.recover(&e).await;
                 return Err(backend(e));
+            }
+            if self.membership.rejoin.swap(false, Ordering::SeqCst) {
+                self.rejoin().await;
+                continue;
             }
             self.check_assignment().await;
         };

@@ -11,6 +11,7 @@
 
 pub mod events;
 pub mod kafka;
+pub mod stall;
 
 use std::sync::Arc;
 
