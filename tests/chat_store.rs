@@ -7,12 +7,13 @@
 //! `STOMPLINE_REQUIRE_SERVICES=1`, which makes them fail. Select them with
 //! `cargo test --test chat_store pg_`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use stompline::store::{
     self, Conversation, ConversationKind, Message, NewConversation, NewMessage, NewUser,
-    OutboxEvent, Persisted, RemovedMember, Role, Store, StoreError, User, MESSAGE_CREATED,
+    OutboxEvent, Persisted, RemovedMember, Role, Store, StoreError, User, Watermark,
+    MESSAGE_CREATED,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -37,6 +38,7 @@ on_both_backends! {
     edits_and_tombstones => sqlite_edits_and_tombstones, pg_edits_and_tombstones;
     watermarks_are_monotonic_and_clamped => sqlite_watermarks, pg_watermarks;
     concurrent_marks_report_each_range_once => sqlite_concurrent_marks, pg_concurrent_marks;
+    concurrent_marks_tile_the_watermark => sqlite_concurrent_marks_tile, pg_concurrent_marks_tile;
     adding_members => sqlite_adding_members, pg_adding_members;
     removing_members_hands_ownership_on => sqlite_removing_members, pg_removing_members;
     roles_and_renames => sqlite_roles_and_renames, pg_roles_and_renames;
@@ -874,6 +876,240 @@ async fn concurrent_marks_report_each_range_once(store: Arc<dyn Store>) {
             .last_read_seq,
         40
     );
+}
+
+/// Concurrent read and delivered marks of one member, with up-to values out
+/// of order and messages arriving meanwhile: for each watermark, the marks
+/// that advanced report contiguous, disjoint ranges that together cover
+/// exactly (0, final], each with the senders of its own messages.
+async fn concurrent_marks_tile_the_watermark(store: Arc<dyn Store>) {
+    const SENDERS: usize = 40;
+    const FIRST: usize = 16;
+    let names: Vec<String> = (0..=SENDERS).map(|i| format!("u{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let u = users(&*store, &names).await;
+    let (senders, reader) = (&u[..SENDERS], u[SENDERS].clone());
+    let others: Vec<&User> = u[1..].iter().collect();
+    let c = group(&*store, &u[0], &others).await;
+    // Seq k is sent by senders[k - 1] alone: a range's senders name its seqs.
+    let seq_of: HashMap<String, i64> = (1..)
+        .zip(senders)
+        .map(|(seq, s)| (s.id.clone(), seq))
+        .collect();
+    let first: Vec<_> = senders[..FIRST].iter().map(|s| msg(&c, s, "m")).collect();
+    store.persist_messages(first).await.unwrap();
+
+    let later: Vec<_> = senders[FIRST..].iter().map(|s| msg(&c, s, "m")).collect();
+    let persister = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for chunk in later.chunks(3) {
+                store.persist_messages(chunk.to_vec()).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..120_i64 {
+        let up_to = (i * 7) % (SENDERS as i64 + 4) - 1;
+        let (store, c, reader) = (store.clone(), c.id.clone(), reader.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let read = i % 2 == 0;
+            let w = if read {
+                store.mark_read(&c, &reader, up_to).await
+            } else {
+                store.mark_delivered(&c, &reader, up_to).await
+            };
+            (read, w.unwrap().unwrap())
+        }));
+    }
+    persister.await.unwrap();
+    let mut reports = Vec::new();
+    for task in tasks {
+        reports.push(task.await.unwrap());
+    }
+    // Whatever is left, up to the last message.
+    let last = store.mark_read(&c.id, &reader.id, i64::MAX).await.unwrap();
+    reports.push((true, last.unwrap()));
+    let last = store
+        .mark_delivered(&c.id, &reader.id, i64::MAX)
+        .await
+        .unwrap();
+    reports.push((false, last.unwrap()));
+
+    for read in [true, false] {
+        let mut ranges = Vec::new();
+        for (_, w) in reports.iter().filter(|(r, w)| *r == read && w.advanced) {
+            let mut sorted = w.senders.clone();
+            sorted.sort();
+            assert_eq!(w.senders, sorted, "senders in order");
+            let mut seqs: Vec<i64> = w.senders.iter().map(|s| seq_of[s]).collect();
+            seqs.sort_unstable();
+            let from = w.up_to_seq - seqs.len() as i64;
+            assert_eq!(
+                seqs,
+                (from + 1..=w.up_to_seq).collect::<Vec<_>>(),
+                "a report's senders are those of the seqs just below its new value"
+            );
+            ranges.push((from, w.up_to_seq));
+        }
+        ranges.sort_unstable();
+        let mut covered = 0;
+        for (from, to) in &ranges {
+            assert_eq!(*from, covered, "ranges disjoint and gapless: {ranges:?}");
+            covered = *to;
+        }
+        assert_eq!(covered, SENDERS as i64, "{ranges:?}");
+    }
+    let m = store.member(&c.id, &reader.id).await.unwrap().unwrap();
+    assert_eq!(
+        (m.last_read_seq, m.last_delivered_seq),
+        (SENDERS as i64, SENDERS as i64)
+    );
+}
+
+/// One member's row, seen through the store and through connections of
+/// its own beside it.
+struct MemberRow {
+    store: Arc<dyn Store>,
+    conversation_id: String,
+    user_id: String,
+    /// Writes the row in transactions of its own.
+    writer: tokio_postgres::Client,
+    /// Watches for waiting backends.
+    watcher: tokio_postgres::Client,
+}
+
+impl MemberRow {
+    fn filter(&self) -> String {
+        format!(
+            "WHERE conversation_id = '{}' AND user_id = '{}'",
+            self.conversation_id, self.user_id
+        )
+    }
+
+    /// The row's version (`xmin`): changes with every write of the row.
+    async fn version(&self) -> String {
+        let sql = format!(
+            "SELECT xmin::text FROM conversation_members {}",
+            self.filter()
+        );
+        self.writer.query_one(&sql, &[]).await.expect("xmin").get(0)
+    }
+
+    async fn mark(&self, read: bool, up_to: i64) -> Option<Watermark> {
+        let (c, u) = (&self.conversation_id, &self.user_id);
+        let w = if read {
+            self.store.mark_read(c, u, up_to).await
+        } else {
+            self.store.mark_delivered(c, u, up_to).await
+        };
+        w.expect("mark")
+    }
+
+    /// Marks while `change` (a statement to which the row's filter is
+    /// appended) holds the row in an open transaction, committed once the
+    /// mark waits for the row.
+    async fn mark_behind(&self, change: &str, read: bool, up_to: i64) -> Option<Watermark> {
+        let sql = format!("BEGIN; {change} {}", self.filter());
+        self.writer.batch_execute(&sql).await.expect("writer");
+        let waiting = async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let n: i64 = self
+                    .watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                        &[],
+                    )
+                    .await
+                    .expect("pg_stat_activity")
+                    .get(0);
+                if n > 0 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the mark never waited for the row"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            self.writer.batch_execute("COMMIT").await.expect("commit");
+        };
+        let (w, ()) = tokio::join!(self.mark(read, up_to), waiting);
+        w
+    }
+}
+
+/// A watermark that does not move is not written (no new row version), and
+/// one that waited behind a concurrent writer compares against the value
+/// that writer committed, not the one its statement first saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_watermark_moves_write_only_what_moves() {
+    backends::on_postgres_with_url(|store, url| async move {
+        let connect = || async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            client
+        };
+        let u = users(&*store, &["s1", "s2", "s3", "s4", "s5", "s6", "s7", "rex"]).await;
+        let senders = &u[..7];
+        let others: Vec<&User> = u[1..].iter().collect();
+        let c = group(&*store, &u[0], &others).await;
+        // Seq k is sent by senders[k - 1].
+        let batch: Vec<_> = senders.iter().map(|s| msg(&c, s, "m")).collect();
+        store.persist_messages(batch).await.unwrap();
+        let ids = |range: std::ops::Range<usize>| -> Vec<String> {
+            let mut ids: Vec<String> = senders[range].iter().map(|s| s.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        let rex = MemberRow {
+            store: store.clone(),
+            conversation_id: c.id.clone(),
+            user_id: u[7].id.clone(),
+            writer: connect().await,
+            watcher: connect().await,
+        };
+
+        let w = rex.mark(true, 3).await.unwrap();
+        assert_eq!((w.up_to_seq, w.advanced, w.senders), (3, true, ids(0..3)));
+        let version = rex.version().await;
+        for (read, up_to) in [(true, 3), (true, 2), (true, -1), (false, 0), (false, -5)] {
+            let w = rex.mark(read, up_to).await.unwrap();
+            assert!(!w.advanced && w.senders.is_empty(), "{w:?}");
+            assert_eq!(w.up_to_seq, if read { 3 } else { 0 });
+            assert_eq!(
+                rex.version().await,
+                version,
+                "a mark that moved nothing wrote the row"
+            );
+        }
+
+        // Seen at 3, moved to 5 meanwhile: 4 is behind, nothing to write.
+        let moved = "UPDATE conversation_members SET last_read_seq = 5";
+        let w = rex.mark_behind(moved, true, 4).await.unwrap();
+        assert_eq!((w.up_to_seq, w.advanced), (5, false));
+        assert!(w.senders.is_empty());
+        let version = rex.version().await;
+        assert_eq!(rex.mark(true, 5).await.unwrap().up_to_seq, 5);
+        assert_eq!(rex.version().await, version);
+
+        // Seen at 5, moved to 6 meanwhile: the range is (6, 7], not (5, 7].
+        let moved = "UPDATE conversation_members SET last_read_seq = 6";
+        let w = rex.mark_behind(moved, true, 7).await.unwrap();
+        assert_eq!((w.up_to_seq, w.advanced, w.senders), (7, true, ids(6..7)));
+        let m = store.member(&c.id, &rex.user_id).await.unwrap().unwrap();
+        assert_eq!((m.last_read_seq, m.last_delivered_seq), (7, 0));
+
+        // Removed meanwhile: not a member.
+        let removed = "DELETE FROM conversation_members";
+        assert_eq!(rex.mark_behind(removed, false, 7).await, None);
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------
